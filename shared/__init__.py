@@ -1,0 +1,1 @@
+"""What Clarion's services share: contracts, settings, logging and Redis helpers."""

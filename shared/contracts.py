@@ -1,0 +1,191 @@
+"""Event contracts: frozen data that crosses a stream or a process boundary.
+
+Every model carries ``schema_version`` so a consumer can tell an old payload
+from a new one. Events are named in the past tense and carry no behaviour.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION: Literal[1] = 1
+
+
+class Contract(BaseModel):
+    """Base of every contract: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Severity(StrEnum):
+    """Incident severity, highest first (PagerDuty Events v2 vocabulary)."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most severe."""
+        return list(Severity).index(self)
+
+
+def most_severe(severities: list[Severity]) -> Severity:
+    """The highest of ``severities`` (INFO when empty)."""
+    return min(severities, key=lambda s: s.rank, default=Severity.INFO)
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class Alert(Contract):
+    """One alert from any monitoring source, normalized."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    source: str
+    group_key: str
+    fingerprint: str
+    status: AlertStatus
+    severity: Severity
+    summary: str
+    description: str = ""
+    service: str | None = None
+    impact: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    generator_url: str | None = None
+
+
+class AlertState(Contract):
+    """What an incident remembers of one of its alerts."""
+
+    fingerprint: str
+    status: AlertStatus
+    severity: Severity
+    summary: str
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+
+
+class Incident(Contract):
+    """A group of alerts that share a cause, and what customers are told about it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str
+    key: str
+    source: str
+    title: str
+    service: str | None = None
+    impact: str
+    severity: Severity
+    status: IncidentStatus
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+    resolved_at: AwareDatetime | None = None
+    alerts: tuple[AlertState, ...] = ()
+    truncated_alerts: int = 0
+    external_url: str | None = None
+
+    @property
+    def firing_alerts(self) -> tuple[AlertState, ...]:
+        return tuple(a for a in self.alerts if a.status is AlertStatus.FIRING)
+
+
+class _IncidentEventBase(Contract):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    occurred_at: AwareDatetime
+    incident: Incident
+
+    @property
+    def incident_id(self) -> str:
+        return self.incident.id
+
+
+class IncidentOpened(_IncidentEventBase):
+    type: Literal["incident.opened"] = "incident.opened"
+
+
+class IncidentUpdated(_IncidentEventBase):
+    type: Literal["incident.updated"] = "incident.updated"
+    changes: tuple[str, ...] = ()
+
+
+class IncidentSeverityChanged(_IncidentEventBase):
+    type: Literal["incident.severity_changed"] = "incident.severity_changed"
+    previous_severity: Severity
+
+
+class IncidentResolved(_IncidentEventBase):
+    type: Literal["incident.resolved"] = "incident.resolved"
+
+
+IncidentEvent = Annotated[
+    IncidentOpened | IncidentUpdated | IncidentSeverityChanged | IncidentResolved,
+    Field(discriminator="type"),
+]
+INCIDENT_EVENT: TypeAdapter[IncidentEvent] = TypeAdapter(IncidentEvent)
+
+
+class UpdateDue(Contract):
+    """The scheduler's word that an incident owes its audience an update now."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["update.due"] = "update.due"
+    event_id: str
+    incident_id: str
+    sequence: int = Field(ge=1)
+    due_at: AwareDatetime
+    emitted_at: AwareDatetime
+    next_update_at: AwareDatetime
+
+
+class DeliveryStatus(StrEnum):
+    """Where one delivery attempt ended. SENT, FAILED, DEAD and SUPPRESSED are final."""
+
+    SENT = "sent"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DEAD = "dead"
+    SUPPRESSED = "suppressed"
+
+
+class DeliveryRecorded(Contract):
+    """One delivery attempt, as written to the delivery log."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["delivery.recorded"] = "delivery.recorded"
+    delivery_id: str
+    incident_id: str
+    event_id: str
+    channel: str
+    recipient: str
+    status: DeliveryStatus
+    attempt: int = Field(ge=1)
+    error: str | None = None
+    provider_message_id: str | None = None
+    started_at: AwareDatetime
+    recorded_at: AwareDatetime
+
+
+def to_json(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

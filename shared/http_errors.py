@@ -1,0 +1,62 @@
+"""One JSON shape for every HTTP error Clarion answers, in every service.
+
+{"error": {"code": "invalid_payload", "message": "...",
+           "fields": [{"field": "alerts.0.status", "reason": "..."}]}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import FieldError, InvalidPayload, Unauthorized
+
+
+def error_body(code: str, message: str, fields: list[FieldError] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = [{"field": f.field, "reason": f.reason} for f in fields]
+    return {"error": body}
+
+
+def field_errors(exc: ValidationError | RequestValidationError) -> list[FieldError]:
+    """pydantic's errors as (dotted field path, reason), skipping FastAPI's ``body`` prefix."""
+    result = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        result.append(FieldError(field=".".join(loc) or "(body)", reason=str(err.get("msg"))))
+    return result
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InvalidPayload)
+    async def _invalid(_: Request, exc: InvalidPayload) -> JSONResponse:
+        return JSONResponse(
+            error_body("invalid_payload", "the request body is not valid", exc.errors), 422
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body("invalid_payload", "the request is not valid", field_errors(exc)), 422
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            error_body("unauthorized", str(exc) or "missing or wrong credentials"),
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)

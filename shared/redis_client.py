@@ -1,0 +1,54 @@
+"""Redis connections, the FastStream broker and consumer groups, built one way."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.streams import CONSUMER_GROUPS
+
+_RETRY_ATTEMPTS = 8
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), _RETRY_ATTEMPTS)
+
+
+RETRY_ON = [RedisConnectionError, RedisTimeoutError]
+
+
+def connect(url: str) -> Redis:
+    """A client that rides out a short Redis restart instead of failing the caller."""
+    client: Redis = Redis.from_url(
+        url,
+        retry=_retry(),
+        retry_on_error=RETRY_ON,
+        health_check_interval=15,
+        socket_keepalive=True,
+    )
+    return client
+
+
+def broker_retry() -> Retry:
+    return _retry()
+
+
+async def ensure_consumer_groups(redis: Redis) -> None:
+    """Create every consumer group from the start of its stream.
+
+    FastStream creates a missing group at ``$``, which skips whatever was
+    published before the first consumer started. Creating groups at ``0``
+    first means an event published by ingest before the dispatcher ever ran
+    is still delivered.
+    """
+    for stream, groups in CONSUMER_GROUPS.items():
+        for group in groups:
+            try:
+                await redis.xgroup_create(name=stream, groupname=group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise

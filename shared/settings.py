@@ -1,0 +1,114 @@
+"""Configuration, read from ``CLARION_*`` environment variables (and ``.env``).
+
+Every field is documented in ``.env.example``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.contracts import Severity
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLARION_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Broker and storage
+    redis_url: str | None = None
+    data_dir: Path = Path(".clarion")
+
+    # Service addresses
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8000
+    dispatcher_host: str = "127.0.0.1"
+    dispatcher_port: int = 8001
+    public_status_url: str | None = None
+
+    # Security
+    ingest_token: SecretStr | None = None
+    ops_token: SecretStr | None = None
+
+    # Communication plan (the cadence of updates, per severity)
+    update_interval_critical: timedelta = timedelta(minutes=30)
+    update_interval_error: timedelta = timedelta(hours=1)
+    update_interval_warning: timedelta = timedelta(hours=2)
+    update_interval_info: timedelta = timedelta(hours=4)
+    display_timezone: str = "UTC"
+    organization_name: str = "Clarion"
+
+    # Email
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_timeout_seconds: float = 30.0
+    email_from: str = "Clarion <status@clarion.invalid>"
+    email_recipients: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Consumers
+    consumer_name: str = Field(default_factory=_default_consumer_name)
+    max_records: int = Field(default=20, ge=1, le=1000)
+    polling_interval_ms: int = Field(default=500, ge=10)
+    reclaim_idle_ms: int = Field(default=60_000, ge=100)
+    max_deliveries: int = Field(default=5, ge=1)
+    idempotency_lease_ms: int = Field(default=60_000, ge=100)
+    idempotency_retention: timedelta = timedelta(days=30)
+
+    # Scheduler
+    scheduler_tick_ms: int = Field(default=1000, ge=10)
+    scheduler_lease_ms: int = Field(default=30_000, ge=100)
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("email_recipients", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def update_interval(self, severity: Severity) -> timedelta:
+        """How often an open incident of ``severity`` gets an update."""
+        return {
+            Severity.CRITICAL: self.update_interval_critical,
+            Severity.ERROR: self.update_interval_error,
+            Severity.WARNING: self.update_interval_warning,
+            Severity.INFO: self.update_interval_info,
+        }[severity]
+
+    @property
+    def status_page_url(self) -> str:
+        """Where customers follow the incident: the public URL, else the local page."""
+        if self.public_status_url:
+            return self.public_status_url
+        return f"http://{self.dispatcher_host}:{self.dispatcher_port}/status"
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "CLARION_REDIS_URL is not set. Run `clarion up` to start an embedded "
+                "Valkey, or point CLARION_REDIS_URL at a Redis server."
+            )
+        return self.redis_url

@@ -1,0 +1,57 @@
+"""Every Redis stream, consumer group and key prefix Clarion uses, spelled once."""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "clarion"
+
+# Streams
+INCIDENT_EVENTS: Final = f"{PREFIX}:incident-events"
+UPDATES_DUE: Final = f"{PREFIX}:updates-due"
+DELIVERY_LOG: Final = f"{PREFIX}:delivery-log"
+DEAD_LETTERS: Final = f"{PREFIX}:dead-letters"
+EMAIL_OUTBOX: Final = f"{PREFIX}:outbox:email"
+
+# Consumer groups: one per service, so each service can run as several instances.
+SCHEDULER_GROUP: Final = "scheduler"
+DISPATCHER_GROUP: Final = "dispatcher"
+
+# Which groups read which stream. Groups are created from the start of the
+# stream (id 0) before anything is published, so no event is ever missed.
+CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
+    INCIDENT_EVENTS: (SCHEDULER_GROUP, DISPATCHER_GROUP),
+    UPDATES_DUE: (DISPATCHER_GROUP,),
+}
+
+# Keys
+INCIDENT_KEY: Final = f"{PREFIX}:incident:{{incident_id}}"
+OPEN_INCIDENT_BY_GROUP: Final = f"{PREFIX}:incident-by-group:{{group}}"
+INCIDENTS_BY_TIME: Final = f"{PREFIX}:incidents"
+SCHEDULE_DUE: Final = f"{PREFIX}:schedule:due"
+SCHEDULE_ITEMS: Final = f"{PREFIX}:schedule:items"
+SCHEDULER_HEARTBEAT: Final = f"{PREFIX}:scheduler:heartbeat"
+IDEMPOTENCY_KEY: Final = f"{PREFIX}:idempotency:{{key}}"
+LAST_ERROR: Final = f"{PREFIX}:last-error:{{stream}}:{{group}}"
+STATUS_PAGE_INCIDENT: Final = f"{PREFIX}:statuspage:incident:{{incident_id}}"
+STATUS_PAGE_INDEX: Final = f"{PREFIX}:statuspage:incidents"
+
+
+def incident_key(incident_id: str) -> str:
+    return INCIDENT_KEY.format(incident_id=incident_id)
+
+
+def open_incident_key(group: str) -> str:
+    return OPEN_INCIDENT_BY_GROUP.format(group=group)
+
+
+def idempotency_key(key: str) -> str:
+    return IDEMPOTENCY_KEY.format(key=key)
+
+
+def last_error_key(stream: str, group: str) -> str:
+    return LAST_ERROR.format(stream=stream, group=group)
+
+
+def status_page_incident_key(incident_id: str) -> str:
+    return STATUS_PAGE_INCIDENT.format(incident_id=incident_id)
