@@ -79,8 +79,9 @@ class GuardedConsumer(Generic[T]):
     stream: str
     group: str
     decode: Callable[[bytes], T]
-    handle: Callable[[T], Awaitable[None]]
+    handle: Callable[[T, StreamEntry], Awaitable[None]]
     max_deliveries: int
+    on_dead: Callable[[T, StreamEntry, str], Awaitable[None]] | None = None
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -92,20 +93,13 @@ class GuardedConsumer(Generic[T]):
             return
         if entry.delivery_count > self.max_deliveries:
             last_error = await self.redis.hget(errors_key, entry.entry_id)
-            await dead_letter(
-                self.redis,
-                entry,
-                body,
-                "max_deliveries_exceeded",
-                last_error.decode() if isinstance(last_error, bytes) else None,
-            )
-            await self.redis.hdel(errors_key, entry.entry_id)
+            error = last_error.decode() if isinstance(last_error, bytes) else None
+            await self._give_up(message, body, entry, "max_deliveries_exceeded", error)
             return
         try:
-            await self.handle(message)
+            await self.handle(message, entry)
         except PermanentFailure as exc:
-            await dead_letter(self.redis, entry, body, "permanent_failure", str(exc))
-            await self.redis.hdel(errors_key, entry.entry_id)
+            await self._give_up(message, body, entry, "permanent_failure", str(exc))
             return
         except Exception as exc:
             await self.redis.hset(errors_key, entry.entry_id, f"{type(exc).__name__}: {exc}")
@@ -120,6 +114,14 @@ class GuardedConsumer(Generic[T]):
             raise
         if entry.delivery_count > 1:
             await self.redis.hdel(errors_key, entry.entry_id)
+
+    async def _give_up(
+        self, message: T, body: bytes, entry: StreamEntry, reason: str, error: str | None
+    ) -> None:
+        if self.on_dead is not None:
+            await self.on_dead(message, entry, error or reason)
+        await dead_letter(self.redis, entry, body, reason, error)
+        await self.redis.hdel(last_error_key(self.stream, self.group), entry.entry_id)
 
     def subscribe(self, broker: RedisBroker, settings: Settings) -> None:
         """Register the reader and the reclaimer on ``broker``."""
