@@ -15,7 +15,7 @@ async def load_incident(redis: Redis, incident_id: str) -> Incident | None:
 
 async def recent_incidents(redis: Redis, limit: int = 50) -> list[Incident]:
     """The newest ``limit`` incidents, newest first."""
-    ids = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
+    ids: list[bytes] = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
     if not ids:
         return []
     raws = await redis.mget([incident_key(i.decode()) for i in ids])
