@@ -15,8 +15,12 @@ async def load_incident(redis: Redis, incident_id: str) -> Incident | None:
 
 async def recent_incidents(redis: Redis, limit: int = 50) -> list[Incident]:
     """The newest ``limit`` incidents, newest first."""
-    ids: list[bytes] = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
+    ids = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
     if not ids:
         return []
-    raws = await redis.mget([incident_key(i.decode()) for i in ids])
+    raws = await redis.mget([incident_key(_text(i)) for i in ids])
     return [Incident.model_validate_json(raw) for raw in raws if raw]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
