@@ -29,7 +29,7 @@ SECRET_KEY_PARTS: Final = (
 _EMAIL = re.compile(r"(?P<local>[A-Za-z0-9._%+-]+)@(?P<domain>[A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 # International or national numbers with at least 8 digits, with optional
 # separators; dates (2026-11-23) and times don't match because of the length rule.
-_PHONE = re.compile(r"(?<![\w.])\+?\d(?:[\s().-]?\d){7,14}(?![\w.])")
+_PHONE = re.compile(r"(?<![\w.])\+?\(?\d(?:[\s().-]{0,2}\d){7,14}(?![\w.])")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]*:[^/\s@]*@")
 

@@ -12,10 +12,26 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contracts import Severity
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept seconds (``90``), ``"30s"``, ``"30m"``, ``"2h"``, ``"1d"`` or ISO 8601."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        if text[:-1].isdigit() and text[-1:] in _DURATION_UNITS:
+            return timedelta(seconds=int(text[:-1]) * _DURATION_UNITS[text[-1]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 
 
 def _default_consumer_name() -> str:
@@ -47,10 +63,10 @@ class Settings(BaseSettings):
     ops_token: SecretStr | None = None
 
     # Communication plan (the cadence of updates, per severity)
-    update_interval_critical: timedelta = timedelta(minutes=30)
-    update_interval_error: timedelta = timedelta(hours=1)
-    update_interval_warning: timedelta = timedelta(hours=2)
-    update_interval_info: timedelta = timedelta(hours=4)
+    update_interval_critical: Duration = timedelta(minutes=30)
+    update_interval_error: Duration = timedelta(hours=1)
+    update_interval_warning: Duration = timedelta(hours=2)
+    update_interval_info: Duration = timedelta(hours=4)
     display_timezone: str = "UTC"
     organization_name: str = "Clarion"
 
@@ -72,7 +88,7 @@ class Settings(BaseSettings):
     reclaim_idle_ms: int = Field(default=60_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
     idempotency_lease_ms: int = Field(default=60_000, ge=100)
-    idempotency_retention: timedelta = timedelta(days=30)
+    idempotency_retention: Duration = timedelta(days=30)
 
     # Scheduler
     scheduler_tick_ms: int = Field(default=1000, ge=10)
