@@ -65,7 +65,7 @@ class SmtpServer:
     def __init__(self) -> None:
         self.mailbox = Mailbox()
         self._handler = _Handler(self.mailbox)
-        self.port = _free_port()
+        self.port = free_port()
         self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
 
     @property
@@ -87,7 +87,7 @@ class SmtpServer:
         self._controller.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
