@@ -35,7 +35,7 @@ e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.webhook_to_email
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures; none runs as part of `make test`."""
