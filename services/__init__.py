@@ -1,0 +1,1 @@
+"""Clarion's three services, and the `clarion` command that runs them."""

@@ -1,0 +1,138 @@
+"""The cadence rules, as pure functions: when the next update of an incident is due.
+
+* ``IncidentOpened``: update #1 is due one interval (of the severity) after the opening.
+* ``IncidentUpdated`` / ``IncidentSeverityChanged``: the dispatcher has just told
+  everyone "next update at occurred_at + interval", so the pending item moves to
+  exactly that time and keeps its sequence. An event older than the item's basis
+  (a reclaimed, stale event) changes nothing: the basis never moves backwards.
+* ``IncidentResolved``: the item goes away.
+* Firing update #n at ``fired_at``: the next one (#n+1) is due one interval after
+  ``fired_at``. A late scheduler fires late; it never skips and never bursts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.contracts import (
+    IncidentEvent,
+    IncidentResolved,
+    Severity,
+    UpdateDue,
+)
+
+IntervalFor = Callable[[Severity], timedelta]
+"""How long between updates for a severity (``Settings.update_interval``)."""
+
+
+class ScheduleItem(BaseModel):
+    """The next update an open incident owes its audience."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    incident_id: str
+    sequence: int = Field(ge=1)
+    severity: Severity
+    basis_at: AwareDatetime
+    due_at: AwareDatetime
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ScheduleItem:
+        return cls.model_validate_json(raw)
+
+
+def update_event_id(incident_id: str, sequence: int) -> str:
+    """The deterministic id of update #``sequence``: a repeated fire is a duplicate."""
+    return f"{incident_id}:update:{sequence}"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def floor_ms(moment: datetime) -> int:
+    """``moment`` in whole milliseconds since the epoch, rounded down (for "now")."""
+    return (moment - _EPOCH) // _MS
+
+
+def ceil_ms(moment: datetime) -> int:
+    """``moment`` in whole milliseconds since the epoch, rounded up (for due times).
+
+    With due scores rounded up and "now" rounded down, an item is never claimed
+    before its due time.
+    """
+    return -((_EPOCH - moment) // _MS)
+
+
+def apply_event(
+    item: ScheduleItem | None, event: IncidentEvent, interval_for: IntervalFor
+) -> ScheduleItem | None:
+    """The item after ``event``; ``None`` when the incident should have no pending update.
+
+    Returns ``item`` itself (equal, unchanged) when the event changes nothing.
+    """
+    if isinstance(event, IncidentResolved):
+        return None
+    if item is not None and event.occurred_at < item.basis_at:
+        return item
+    severity = event.incident.severity
+    return ScheduleItem(
+        incident_id=event.incident_id,
+        sequence=item.sequence if item is not None else 1,
+        severity=severity,
+        basis_at=event.occurred_at,
+        due_at=event.occurred_at + interval_for(severity),
+    )
+
+
+def fire(
+    item: ScheduleItem, fired_at: datetime, severity: Severity, interval_for: IntervalFor
+) -> tuple[UpdateDue, ScheduleItem]:
+    """Fire ``item`` at ``fired_at`` for an incident now at ``severity``.
+
+    Returns the ``UpdateDue`` to publish and the item that replaces ``item``.
+    """
+    next_item = advance(item, item.sequence, fired_at, severity, interval_for)
+    assert next_item is not None  # advancing an item never removes it
+    due = UpdateDue(
+        event_id=update_event_id(item.incident_id, item.sequence),
+        incident_id=item.incident_id,
+        sequence=item.sequence,
+        due_at=item.due_at,
+        emitted_at=fired_at,
+        next_update_at=next_item.due_at,
+    )
+    return due, next_item
+
+
+def advance(
+    current: ScheduleItem | None,
+    fired_sequence: int,
+    fired_at: datetime,
+    severity: Severity,
+    interval_for: IntervalFor,
+) -> ScheduleItem | None:
+    """``current`` after update #``fired_sequence`` went out at ``fired_at``.
+
+    Unchanged when there is nothing to advance: the item is gone (resolved) or
+    already past that sequence (another instance completed it). If an event
+    moved the item to a basis later than ``fired_at`` meanwhile, that newer
+    promise stands and only the sequence moves on.
+    """
+    if current is None or current.sequence != fired_sequence:
+        return current
+    if current.basis_at > fired_at:
+        return current.model_copy(update={"sequence": fired_sequence + 1})
+    return ScheduleItem(
+        incident_id=current.incident_id,
+        sequence=fired_sequence + 1,
+        severity=severity,
+        basis_at=fired_at,
+        due_at=fired_at + interval_for(severity),
+    )

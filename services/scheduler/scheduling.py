@@ -1,0 +1,34 @@
+"""What the scheduler does with one incident event: reschedule the incident's next update."""
+
+from __future__ import annotations
+
+from services.scheduler.cadence import IntervalFor, ScheduleItem, apply_event
+from services.scheduler.schedule_store import ScheduleStore
+from shared.contracts import IncidentEvent
+from shared.logs import bound, get_logger
+
+log = get_logger("clarion.scheduler")
+
+
+async def schedule_incident_event(
+    store: ScheduleStore, event: IncidentEvent, interval_for: IntervalFor
+) -> ScheduleItem | None:
+    """Apply ``event`` to the incident's pending update; returns the item now stored."""
+    with bound(incident_id=event.incident_id):
+        before, after = await store.change(
+            event.incident_id, lambda item: apply_event(item, event, interval_for)
+        )
+        if after is None:
+            log.info("schedule.removed", event_id=event.event_id, event_type=event.type)
+        elif after == before:
+            log.info("schedule.unchanged", event_id=event.event_id, event_type=event.type)
+        else:
+            log.info(
+                "schedule.set",
+                event_id=event.event_id,
+                event_type=event.type,
+                sequence=after.sequence,
+                severity=after.severity.value,
+                due_at=after.due_at.isoformat(),
+            )
+        return after

@@ -1,0 +1,88 @@
+"""The scheduler's composition root: Redis, broker, consumer and ticker, wired once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from faststream.redis import RedisBroker
+
+from services.scheduler.handlers import incident_event_consumer
+from services.scheduler.schedule_store import ScheduleStore
+from services.scheduler.ticker import Ticker
+from shared.clock import Clock, SystemClock
+from shared.contracts import UpdateDue
+from shared.errors import ClarionError
+from shared.logs import get_logger
+from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
+from shared.settings import Settings
+from shared.streams import UPDATES_DUE
+
+log = get_logger("clarion.scheduler")
+
+
+class SubscriberStopped(ClarionError):
+    """A broker subscriber stopped on its own (NOGROUP after a Redis flush): restart."""
+
+
+class BrokerUpdatePublisher:
+    """Publishes ``UpdateDue`` events on the ``UPDATES_DUE`` stream through FastStream."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+
+    async def publish(self, due: UpdateDue) -> None:
+        await self._broker.publish(due, stream=UPDATES_DUE)
+
+
+def build_broker(settings: Settings) -> RedisBroker:
+    return RedisBroker(
+        settings.require_redis_url(),
+        retry=broker_retry(),
+        retry_on_error=RETRY_ON,
+        logger=get_logger("clarion.scheduler.broker"),
+    )
+
+
+async def run(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+    """Run the scheduler until ``stop`` is set.
+
+    Raises :class:`SubscriberStopped` when a subscriber dies on its own, so the
+    process exits non-zero and its supervisor restarts it.
+    """
+    redis = connect(settings.require_redis_url())
+    try:
+        await ensure_consumer_groups(redis)
+        store = ScheduleStore(redis)
+        broker = build_broker(settings)
+        incident_event_consumer(redis, store, settings).subscribe(broker, settings)
+        publisher = BrokerUpdatePublisher(broker)
+        ticker = Ticker(store, publisher, redis, settings, clock or SystemClock())
+        await broker.start()
+        log.info("scheduler.started", consumer=settings.consumer_name)
+        try:
+            await _run_until_stopped(ticker, broker, stop)
+        finally:
+            await broker.stop()
+            log.info("scheduler.stopped")
+    finally:
+        await redis.aclose()
+
+
+async def _run_until_stopped(ticker: Ticker, broker: RedisBroker, stop: asyncio.Event) -> None:
+    ticker_stop = asyncio.Event()
+    ticking = asyncio.create_task(ticker.run_forever(ticker_stop))
+    try:
+        while not stop.is_set():
+            if any(not sub.running for sub in broker.subscribers):
+                raise SubscriberStopped("a stream subscriber stopped; exiting for a restart")
+            await _wait(stop, seconds=1.0)
+    finally:
+        ticker_stop.set()
+        await ticking
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return

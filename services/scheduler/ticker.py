@@ -1,0 +1,127 @@
+"""The tick: claim what is due, fire ``UpdateDue`` for open incidents, reschedule."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Final, Protocol
+
+from redis.asyncio import Redis
+
+from services.scheduler.cadence import advance, fire
+from services.scheduler.schedule_store import Claim, ScheduleStore
+from shared.clock import Clock
+from shared.contracts import IncidentStatus, UpdateDue
+from shared.incidents import load_incident
+from shared.logs import bound, get_logger
+from shared.settings import Settings
+from shared.streams import SCHEDULER_HEARTBEAT
+
+log = get_logger("clarion.scheduler")
+
+DEFAULT_BATCH_SIZE: Final = 100
+
+
+class UpdatePublisher(Protocol):
+    """Where ``UpdateDue`` events go (the ``UPDATES_DUE`` stream in production)."""
+
+    async def publish(self, due: UpdateDue) -> None: ...
+
+
+class Ticker:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        publisher: UpdatePublisher,
+        redis: Redis,
+        settings: Settings,
+        clock: Clock,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._redis = redis
+        self._settings = settings
+        self._clock = clock
+        self._batch_size = batch_size
+        self._lease = timedelta(milliseconds=settings.scheduler_lease_ms)
+
+    async def run_once(self) -> int:
+        """Fire every update due now; returns how many ``UpdateDue`` were published."""
+        fired = 0
+        while True:
+            claims = await self._store.claim(self._clock.now(), self._lease, self._batch_size)
+            results = await asyncio.gather(
+                *(self._fire(claim) for claim in claims), return_exceptions=True
+            )
+            for claim, result in zip(claims, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    # The lease runs out and this item is claimed again later.
+                    log.error(
+                        "schedule.fire_failed",
+                        incident_id=claim.incident_id,
+                        error=f"{type(result).__name__}: {result}",
+                    )
+                elif result:
+                    fired += 1
+            if len(claims) < self._batch_size:
+                return fired
+
+    async def tick(self) -> int:
+        """One tick: :meth:`run_once`, then the heartbeat."""
+        fired = await self.run_once()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(SCHEDULER_HEARTBEAT, "ticks", 1)
+            pipe.hset(SCHEDULER_HEARTBEAT, "at", self._clock.now().isoformat())
+            await pipe.execute()
+        return fired
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Tick every ``scheduler_tick_ms`` until ``stop`` is set. A failed tick is retried."""
+        interval = self._settings.scheduler_tick_ms / 1000
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.exception("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def _fire(self, claim: Claim) -> bool:
+        with bound(incident_id=claim.incident_id):
+            item = claim.item
+            incident = await load_incident(self._redis, claim.incident_id)
+            if item is None or incident is None or incident.status is not IncidentStatus.OPEN:
+                dropped = await self._store.drop(claim)
+                log.info(
+                    "schedule.dropped",
+                    reason="no item" if item is None else "incident not open",
+                    dropped=dropped,
+                )
+                return False
+            fired_at = self._clock.now()
+            interval_for = self._settings.update_interval
+            due, next_item = fire(item, fired_at, incident.severity, interval_for)
+            await self._publisher.publish(due)
+            log.info(
+                "update.due",
+                event_id=due.event_id,
+                sequence=due.sequence,
+                due_at=due.due_at.isoformat(),
+                late_ms=(fired_at - item.due_at) // timedelta(milliseconds=1),
+                next_update_at=due.next_update_at.isoformat(),
+            )
+            if not await self._store.complete(claim, next_item):
+                # An event moved the item while we held it: keep its newer
+                # timing, but this sequence has gone out.
+                await self._store.change(
+                    claim.incident_id,
+                    lambda current: advance(
+                        current, item.sequence, fired_at, incident.severity, interval_for
+                    ),
+                )
+            return True
