@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from shared.embedded import start_embedded_valkey
 from shared.settings import Settings
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -35,7 +35,7 @@ def redis_url() -> Iterator[str]:
         yield configured
         return
     with tempfile.TemporaryDirectory(prefix="clarion-test-valkey-") as data_dir:
-        server = start_embedded_valkey(Path(data_dir))
+        server = start_embedded_valkey(Path(data_dir), port=free_port())
         try:
             yield str(server.connection_url)
         finally:

@@ -1,0 +1,1 @@
+"""Ingest: monitoring webhooks in, incidents and incident events out (to Redis, atomically)."""

@@ -1,0 +1,50 @@
+"""Reading a webhook body: bounded in size, JSON or a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from shared.errors import ClarionError, InvalidPayload
+from shared.http_errors import field_errors
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class MalformedBody(ClarionError):
+    """The body is not JSON (answered with a 400)."""
+
+
+class BodyTooLarge(ClarionError):
+    """The body is over the size limit (answered with a 413)."""
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request body parsed as JSON, read no further than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"the request body is over {limit} bytes")
+    if not body.strip():
+        raise MalformedBody("the request body is empty; expected a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise MalformedBody(f"the request body is not valid JSON: {exc}") from exc
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or :class:`InvalidPayload` naming each bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(field_errors(exc)) from exc

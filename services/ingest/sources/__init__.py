@@ -1,0 +1,1 @@
+"""Source adapters: one module per monitoring tool, each a pure ``parse(payload)``."""
