@@ -11,11 +11,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.streams import CONSUMER_GROUPS
 
-_RETRY_ATTEMPTS = 8
+_RETRY_ATTEMPTS = 6
 
 
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), _RETRY_ATTEMPTS)
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), _RETRY_ATTEMPTS)
 
 
 RETRY_ON = [RedisConnectionError, RedisTimeoutError]
@@ -29,6 +29,7 @@ def connect(url: str) -> Redis:
         retry_on_error=RETRY_ON,
         health_check_interval=15,
         socket_keepalive=True,
+        socket_connect_timeout=2.0,
     )
     return client
 
