@@ -1,0 +1,77 @@
+"""The dispatcher process: consumers on the broker, plus the status page and ops API.
+
+``create_app`` is the composition root: its lifespan builds the Redis client,
+the consumer groups, the broker, the channels and the Dispatcher, and passes
+them in; nothing is global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from faststream.redis import RedisBroker
+
+from services.dispatcher.channels.registry import default_channels
+from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.handlers import subscribe
+from services.dispatcher.pipeline import Dispatcher
+from services.dispatcher.routes import ops, public
+from services.dispatcher.state import DispatcherState
+from services.dispatcher.status_page_store import StatusPageStore
+from shared.clock import Clock, SystemClock
+from shared.http_errors import install_error_handlers
+from shared.logs import get_logger
+from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
+from shared.settings import Settings
+
+log = get_logger("clarion.dispatcher")
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    the_clock: Clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.require_redis_url()
+        redis = connect(url)
+        try:
+            await ensure_consumer_groups(redis)
+            dispatcher = Dispatcher(
+                redis, settings, the_clock, default_channels(settings, redis, the_clock)
+            )
+            broker = RedisBroker(
+                url,
+                retry=broker_retry(),
+                retry_on_error=RETRY_ON,
+                logger=get_logger("clarion.dispatcher.broker"),
+            )
+            subscribe(broker, redis, settings, dispatcher)
+            app.state.dispatcher = DispatcherState(
+                settings=settings,
+                clock=the_clock,
+                redis=redis,
+                delivery_log=DeliveryLog(redis),
+                status_pages=StatusPageStore(redis),
+            )
+            await broker.start()
+            log.info(
+                "dispatcher.started",
+                consumer=settings.consumer_name,
+                smtp=settings.smtp_host is not None,
+                email_recipients=len(settings.email_recipients),
+            )
+            try:
+                yield
+            finally:
+                await broker.stop()
+                log.info("dispatcher.stopped", consumer=settings.consumer_name)
+        finally:
+            await redis.aclose()
+
+    app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(ops)
+    return app

@@ -1,0 +1,35 @@
+"""Status page: post the update to the built-in status page store."""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
+from services.dispatcher.plan import Delivery
+from services.dispatcher.render import RenderedMessage
+from services.dispatcher.status_page_store import StatusPageStore, StatusPageUpdate, state_for
+
+
+class StatusPageChannel:
+    name = "status_page"
+
+    def __init__(self, store: StatusPageStore) -> None:
+        self._store = store
+
+    async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
+        incident = delivery.incident
+        if incident is None:
+            return Permanent("no incident state to post")
+        update = StatusPageUpdate(
+            id=delivery.delivery_id,
+            posted_at=delivery.occurred_at,
+            state=state_for(incident),
+            headline=message.subject,
+            body=message.text,
+        )
+        try:
+            await self._store.post(incident, update)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            return Retryable(f"{type(exc).__name__}: {exc}")
+        return Sent(delivery.delivery_id)

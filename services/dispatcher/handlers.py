@@ -1,0 +1,56 @@
+"""FastStream wiring: thin handlers that hand decoded messages to the Dispatcher."""
+
+from __future__ import annotations
+
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from services.dispatcher.pipeline import Dispatcher
+from shared.consumer import GuardedConsumer, StreamEntry
+from shared.contracts import INCIDENT_EVENT, IncidentEvent, UpdateDue
+from shared.settings import Settings
+from shared.streams import DISPATCHER_GROUP, INCIDENT_EVENTS, UPDATES_DUE
+
+
+def build_consumers(
+    redis: Redis, settings: Settings, dispatcher: Dispatcher
+) -> tuple[GuardedConsumer[IncidentEvent], GuardedConsumer[UpdateDue]]:
+    async def on_event(event: IncidentEvent, entry: StreamEntry) -> None:
+        await dispatcher.handle_incident_event(event, entry.delivery_count)
+
+    async def on_event_dead(event: IncidentEvent, entry: StreamEntry, error: str) -> None:
+        await dispatcher.record_dead(event, entry.delivery_count, error)
+
+    async def on_due(due: UpdateDue, entry: StreamEntry) -> None:
+        await dispatcher.handle_update_due(due, entry.delivery_count)
+
+    async def on_due_dead(due: UpdateDue, entry: StreamEntry, error: str) -> None:
+        await dispatcher.record_dead(due, entry.delivery_count, error)
+
+    events = GuardedConsumer[IncidentEvent](
+        redis=redis,
+        stream=INCIDENT_EVENTS,
+        group=DISPATCHER_GROUP,
+        decode=INCIDENT_EVENT.validate_json,
+        handle=on_event,
+        max_deliveries=settings.max_deliveries,
+        on_dead=on_event_dead,
+    )
+    dues = GuardedConsumer[UpdateDue](
+        redis=redis,
+        stream=UPDATES_DUE,
+        group=DISPATCHER_GROUP,
+        decode=UpdateDue.model_validate_json,
+        handle=on_due,
+        max_deliveries=settings.max_deliveries,
+        on_dead=on_due_dead,
+    )
+    return events, dues
+
+
+def subscribe(
+    broker: RedisBroker, redis: Redis, settings: Settings, dispatcher: Dispatcher
+) -> None:
+    """Register the dispatcher's readers and reclaimers on ``broker``."""
+    for consumer in build_consumers(redis, settings, dispatcher):
+        consumer.subscribe(broker, settings)

@@ -1,0 +1,30 @@
+"""What the dispatcher's HTTP routes need, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.status_page_store import StatusPageStore
+from shared.clock import Clock
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class DispatcherState:
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    delivery_log: DeliveryLog
+    status_pages: StatusPageStore
+
+
+def get_state(request: Request) -> DispatcherState:
+    return cast(DispatcherState, request.app.state.dispatcher)
+
+
+State = Annotated[DispatcherState, Depends(get_state)]

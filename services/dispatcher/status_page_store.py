@@ -1,0 +1,148 @@
+"""The built-in status page, stored in Redis.
+
+Per incident, one hash (``clarion:statuspage:incident:<id>``) holds the latest
+incident summary (``meta``, with its ``version``) and one field per posted update
+(``update:<delivery id>``), so posting the same delivery twice changes nothing and
+an older snapshot never overwrites a newer one. A sorted set indexes incidents
+by their last change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from services.dispatcher.redis_values import str_keys, text
+from shared.contracts import AlertStatus, Incident, IncidentStatus, Severity
+from shared.streams import STATUS_PAGE_INDEX, status_page_incident_key
+
+_UPDATE_PREFIX: Final = "update:"
+
+_POST = """
+local created = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+local current = redis.call('HGET', KEYS[1], 'version')
+if (not current) or tonumber(current) <= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'version', ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+end
+return created
+"""
+
+
+class PageState(StrEnum):
+    INVESTIGATING = "investigating"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+
+
+class StatusPageUpdate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    posted_at: AwareDatetime
+    state: PageState
+    headline: str
+    body: str
+
+
+class StatusPageIncident(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    impact: str
+    service: str | None = None
+    severity: Severity
+    state: PageState
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+    resolved_at: AwareDatetime | None = None
+    updates: tuple[StatusPageUpdate, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is not PageState.RESOLVED
+
+
+def state_for(incident: Incident) -> PageState:
+    """Resolved when resolved; monitoring when every alert recovered but it is still open."""
+    if incident.status is IncidentStatus.RESOLVED:
+        return PageState.RESOLVED
+    if incident.alerts and all(a.status is AlertStatus.RESOLVED for a in incident.alerts):
+        return PageState.MONITORING
+    return PageState.INVESTIGATING
+
+
+def summary_of(incident: Incident) -> StatusPageIncident:
+    return StatusPageIncident(
+        id=incident.id,
+        title=incident.title,
+        impact=incident.impact,
+        service=incident.service,
+        severity=incident.severity,
+        state=state_for(incident),
+        opened_at=incident.opened_at,
+        updated_at=incident.updated_at,
+        resolved_at=incident.resolved_at,
+    )
+
+
+class StatusPageStore:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._post = redis.register_script(_POST)
+
+    async def post(self, incident: Incident, update: StatusPageUpdate) -> bool:
+        """Record ``update`` (once per id) and the incident's summary; True if it was new."""
+        version = int(incident.updated_at.timestamp() * 1000)
+        if incident.resolved_at is not None:
+            version = max(version, int(incident.resolved_at.timestamp() * 1000))
+        created = await self._post(
+            keys=[status_page_incident_key(incident.id), STATUS_PAGE_INDEX],
+            args=[
+                f"{_UPDATE_PREFIX}{update.id}",
+                update.model_dump_json(),
+                summary_of(incident).model_dump_json(),
+                version,
+                incident.id,
+            ],
+        )
+        return bool(created)
+
+    async def get(self, incident_id: str) -> StatusPageIncident | None:
+        fields = await self._redis.hgetall(status_page_incident_key(incident_id))
+        return _parse(fields)
+
+    async def recent(self, limit: int = 50) -> list[StatusPageIncident]:
+        """The ``limit`` most recently changed incidents, most recent first."""
+        ids = await self._redis.zrevrange(STATUS_PAGE_INDEX, 0, limit - 1)
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for incident_id in ids:
+                pipe.hgetall(status_page_incident_key(text(incident_id)))
+            results = await pipe.execute()
+        parsed = (_parse(fields) for fields in results)
+        return [incident for incident in parsed if incident is not None]
+
+
+def _parse(raw: Mapping[Any, Any]) -> StatusPageIncident | None:
+    fields = str_keys(raw)
+    meta = fields.get("meta")
+    if meta is None:
+        return None
+    updates = sorted(
+        (
+            StatusPageUpdate.model_validate_json(value)
+            for key, value in fields.items()
+            if key.startswith(_UPDATE_PREFIX)
+        ),
+        key=lambda u: (u.posted_at, u.id),
+        reverse=True,
+    )
+    incident = StatusPageIncident.model_validate_json(meta)
+    return incident.model_copy(update={"updates": tuple(updates)})

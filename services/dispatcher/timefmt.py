@@ -1,0 +1,40 @@
+"""Times and durations in the words customers read. Pure; independent of the locale."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Final
+from zoneinfo import ZoneInfo
+
+_DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS: Final = (
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+)  # fmt: skip
+
+
+def format_timestamp(moment: datetime, zone: ZoneInfo) -> str:
+    """``14:30 UTC, Mon 23 Nov 2026``: a concrete time with its time zone."""
+    local = moment.astimezone(zone)
+    return (
+        f"{local:%H:%M} {local.tzname()}, "
+        f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month - 1]} {local.year}"
+    )
+
+
+def format_duration(span: timedelta) -> str:
+    """``about 1 hour and 5 minutes``; ``less than a minute`` for short spans."""
+    minutes = max(int(span.total_seconds() // 60), 0)
+    if minutes < 1:
+        return "less than a minute"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [
+        _plural(value, unit)
+        for value, unit in ((days, "day"), (hours, "hour"), (mins, "minute"))
+        if value
+    ][:2]
+    return "about " + " and ".join(parts)
+
+
+def _plural(value: int, unit: str) -> str:
+    return f"{value} {unit}{'' if value == 1 else 's'}"

@@ -1,0 +1,214 @@
+"""The dispatcher app: consumers wired to the broker, status page and ops API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from services.dispatcher.app import create_app
+from shared.clock import ManualClock
+from shared.contracts import Incident, IncidentOpened, IncidentStatus, Severity
+from shared.settings import Settings
+from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key
+from tests.support.smtp import SmtpServer
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
+TOKEN = "ops-secret-token"
+ALICE = "alice@example.com"
+
+
+def make_incident() -> Incident:
+    return Incident(
+        id="inc-42",
+        key="group-42",
+        source="alertmanager",
+        title="Checkout is failing",
+        impact="Customers cannot place orders.",
+        severity=Severity.ERROR,
+        status=IncidentStatus.OPEN,
+        opened_at=NOW - timedelta(minutes=5),
+        updated_at=NOW - timedelta(minutes=5),
+    )
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], smtp_server: SmtpServer) -> Settings:
+    return make_settings(
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        email_recipients=(ALICE,),
+        ops_token=TOKEN,
+        organization_name="Example Shop",
+    )
+
+
+@pytest.fixture
+async def client(redis: Redis, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, ManualClock(NOW))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as http:
+            yield http
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def wait_for_log_entries(redis: Redis, count: int, within: float = 20.0) -> None:
+    """Block on the delivery-log stream until it holds ``count`` entries."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last_id: bytes | str = "0"
+    seen = 0
+    while seen < count:
+        remaining_ms = int((deadline - loop.time()) * 1000)
+        if remaining_ms <= 0:
+            raise AssertionError(f"only {seen} of {count} delivery records in {within}s")
+        reply: Any = await redis.xread({DELIVERY_LOG: last_id}, count=100, block=remaining_ms)
+        for _stream, entries in reply or []:
+            for entry_id, _fields in entries:
+                seen += 1
+                last_id = entry_id
+
+
+async def publish_opened(redis_url: str) -> IncidentOpened:
+    event = IncidentOpened(event_id="ev-published", occurred_at=NOW, incident=make_incident())
+    async with RedisBroker(redis_url) as broker:
+        await broker.publish(event, stream=INCIDENT_EVENTS)
+    return event
+
+
+async def test_published_event_is_consumed_emailed_logged_and_shown(
+    client: httpx.AsyncClient, redis: Redis, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    await publish_opened(redis_url)
+
+    [message] = await asyncio.to_thread(
+        smtp_server.mailbox.wait_for, lambda messages: len(messages) >= 1
+    )
+    assert message["Subject"] == "Investigating: Checkout is failing"
+    assert message["Message-ID"]
+    await wait_for_log_entries(redis, count=2)  # the email and the status page post
+
+    page = await client.get("/status")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Checkout is failing" in page.text
+    assert "Customers cannot place orders." in page.text
+    assert "investigating" in page.text
+    assert "14:30 UTC, Mon 23 Nov 2026" in page.text
+    assert "All systems operational" not in page.text
+
+    document = (await client.get("/status.json")).json()
+    assert document["status"] == "incident"
+    assert [i["id"] for i in document["open"]] == ["inc-42"]
+
+    deliveries = await client.get("/v1/deliveries", headers=auth())
+    assert deliveries.status_code == 200
+    records = deliveries.json()
+    assert {(r["channel"], r["recipient"], r["status"]) for r in records} == {
+        ("email", "a***@example.com", "sent"),
+        ("status_page", "status-page", "sent"),
+    }
+    assert ALICE not in deliveries.text
+    assert records[0]["recorded_at"] >= records[1]["recorded_at"]
+
+    filtered = await client.get(
+        "/v1/deliveries", params={"incident_id": "other", "limit": 5}, headers=auth()
+    )
+    assert filtered.json() == []
+    limited = await client.get("/v1/deliveries", params={"limit": 1}, headers=auth())
+    assert len(limited.json()) == 1
+
+
+async def test_temporary_smtp_failure_is_reclaimed_and_retried(
+    client: httpx.AsyncClient, redis: Redis, redis_url: str, smtp_server: SmtpServer
+) -> None:
+    held, release = smtp_server.hold_next()  # the first DATA is held, then refused with 451
+    await publish_opened(redis_url)
+    assert await asyncio.to_thread(held.wait, 20.0)
+    release.set()
+
+    [message] = await asyncio.to_thread(
+        smtp_server.mailbox.wait_for, lambda messages: len(messages) >= 1
+    )
+    await wait_for_log_entries(redis, count=3)
+
+    assert message["Subject"] == "Investigating: Checkout is failing"
+    response = await client.get("/v1/deliveries", params={"incident_id": "inc-42"}, headers=auth())
+    emails = [(r["status"], r["attempt"]) for r in response.json() if r["channel"] == "email"]
+    assert emails == [("sent", 2), ("retrying", 1)]
+
+
+async def test_nothing_open_shows_all_systems_operational(client: httpx.AsyncClient) -> None:
+    page = await client.get("/status")
+
+    assert page.status_code == 200
+    assert "All systems operational" in page.text
+    assert (await client.get("/status.json")).json()["status"] == "operational"
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+async def test_ops_endpoints_need_the_token(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    for path in ("/v1/deliveries", "/v1/incidents"):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert (await client.get("/status")).status_code == 200
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "many"])
+async def test_deliveries_limit_is_validated(client: httpx.AsyncClient, limit: str) -> None:
+    response = await client.get("/v1/deliveries", params={"limit": limit}, headers=auth())
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_payload"
+    assert [f["field"] for f in error["fields"]] == ["query.limit"]
+
+
+async def test_incidents_endpoint_lists_recent_incidents(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    incident = make_incident()
+    await redis.set(incident_key(incident.id), incident.model_dump_json())
+    await redis.zadd(INCIDENTS_BY_TIME, {incident.id: incident.opened_at.timestamp()})
+
+    response = await client.get("/v1/incidents", headers=auth())
+
+    assert response.status_code == 200
+    assert [i["id"] for i in response.json()] == ["inc-42"]
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+
+
+async def test_without_ops_token_ops_endpoints_are_open(
+    redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    app = create_app(make_settings(ops_token=None), ManualClock(NOW))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as http:
+            response = await http.get("/v1/deliveries")
+    assert response.status_code == 200
+    assert response.json() == []
