@@ -83,6 +83,12 @@ def next_update_at(event: DispatchEvent, incident: Incident, context: RenderCont
     return event.occurred_at + context.update_intervals[incident.severity]
 
 
+def _began_at(incident: Incident) -> datetime:
+    """When customers started to be affected: the earliest alert start, if it is known."""
+    starts = [a.starts_at for a in incident.alerts if a.starts_at is not None]
+    return min([*starts, incident.opened_at])
+
+
 def template_values(
     event: DispatchEvent, incident: Incident, context: RenderContext
 ) -> dict[str, Any]:
@@ -92,7 +98,9 @@ def template_values(
     resolved = kind == "resolved"
     ended = incident.resolved_at or event_time(event)
     alerts = incident.alerts if resolved else (incident.firing_alerts or incident.alerts)
-    technical = [alert.summary for alert in alerts if alert.summary]
+    # One line per affected instance (its description tells them apart), no repeats.
+    technical = list(dict.fromkeys(a.description or a.summary for a in alerts if a.summary))
+    began = _began_at(incident)
     hidden = len(technical) - MAX_TECHNICAL_LINES + incident.truncated_alerts
     values: dict[str, Any] = {
         "kind": kind,
@@ -106,9 +114,9 @@ def template_values(
         else format_timestamp(next_update_at(event, incident, context), zone),
         "status_url": context.status_page_url,
         "severity_words": SEVERITY_WORDS[incident.severity],
-        "started": format_timestamp(incident.opened_at, zone),
+        "started": format_timestamp(began, zone),
         "ended": format_timestamp(ended, zone),
-        "duration": format_duration(ended - incident.opened_at),
+        "duration": format_duration(ended - began),
         "technical": technical[:MAX_TECHNICAL_LINES],
         "technical_more": max(hidden, 0),
         "changes": list(event.changes) if isinstance(event, IncidentUpdated) else [],

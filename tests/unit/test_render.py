@@ -251,3 +251,28 @@ def test_status_page_text_is_short_and_has_no_html(kind: str) -> None:
     assert message.html is None
     assert message.subject in {"Investigating", "Update"}
     assert len(message.text) < 400
+
+
+def test_resolution_counts_from_when_the_first_alert_started() -> None:
+    resolved = make_incident(IncidentStatus.RESOLVED)
+    early_alert = resolved.alerts[0].model_copy(update={"starts_at": T0 - timedelta(minutes=10)})
+    incident = resolved.model_copy(update={"alerts": (early_alert,)})
+    event = IncidentResolved(event_id="e-9", occurred_at=T0, incident=incident)
+    text = render(event, incident, CONTEXT).text
+    assert "from 14:20 UTC" in text
+    assert "about 1 hour and 15 minutes" in text
+
+
+def test_technical_details_list_each_affected_instance_once() -> None:
+    base = make_incident()
+    alerts = tuple(
+        base.alerts[0].model_copy(
+            update={"fingerprint": f"fp-{i}", "description": f"5xx ratio high on web-{i % 2}"}
+        )
+        for i in range(4)
+    )
+    incident = base.model_copy(update={"alerts": alerts})
+    event = IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident)
+    text = render(event, incident, CONTEXT).text
+    assert text.count("5xx ratio high on web-0") == 1
+    assert text.count("5xx ratio high on web-1") == 1
