@@ -44,6 +44,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,  # CLARION_INGEST_TOKEN= means "unset", not "the empty token"
         frozen=True,
     )
 

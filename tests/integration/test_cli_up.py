@@ -19,16 +19,16 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.cli import (
+from services.dispatcher.outbox import OutboxEmail, read_outbox
+from services.launcher import RUNTIME_FILE, ChildSpec, unavailable_ports
+from services.local_run import (
     FIRING_SAMPLE,
     PLACEHOLDER_RECIPIENT,
     READY_LINE,
     Endpoints,
-    _run_up,
-    _UpOptions,
+    UpOptions,
+    run_up,
 )
-from services.dispatcher.outbox import OutboxEmail, read_outbox
-from services.launcher import RUNTIME_FILE, ChildSpec, unavailable_ports
 from shared.settings import Settings
 from tests.support.smtp import free_port
 from tests.support.waiting import eventually
@@ -222,7 +222,7 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
         ChildSpec("ingest", (sys.executable, "-c", crash), dict(os.environ), logs / "ingest.log"),
         ChildSpec("scheduler", (sys.executable, "-c", block), dict(os.environ), logs / "sch.log"),
     ]
-    options = _UpOptions(
+    options = UpOptions(
         settings=settings,
         endpoints=Endpoints.from_settings(settings),
         redis_note="test",
@@ -233,7 +233,7 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
         startup_timeout=600,  # only the crash can end startup within the test's patience
     )
 
-    code = await asyncio.wait_for(_run_up(specs, options), timeout=60)
+    code = await asyncio.wait_for(run_up(specs, options), timeout=60)
 
     assert code == 1
     err = capsys.readouterr().err

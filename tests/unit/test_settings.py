@@ -52,3 +52,11 @@ def test_nonsense_duration_names_the_setting(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CLARION_UPDATE_INTERVAL_INFO", "soon")
     with pytest.raises(ValueError, match="update_interval_info"):
         Settings(_env_file=None)
+
+
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLARION_INGEST_TOKEN", "")
+    monkeypatch.setenv("CLARION_SMTP_HOST", "")
+    settings = Settings(_env_file=None)
+    assert settings.ingest_token is None
+    assert settings.smtp_host is None

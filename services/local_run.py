@@ -1,0 +1,251 @@
+"""What `clarion up` does once Valkey is running: supervise, wait, print, demo.
+
+The typer command in :mod:`services.cli` parses options and starts Valkey; this
+module runs the three services under a :class:`services.launcher.Supervisor`,
+waits until they are ready, prints where to look, and plays the ``--demo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from services.launcher import ChildExit, ChildSpec, Supervisor, wait_until_ready
+from shared.redaction import redact_text
+from shared.settings import Settings
+
+SERVICES = ("ingest", "dispatcher", "scheduler")
+SAMPLES_DIR = Path(__file__).resolve().parent / "ingest" / "samples"
+FIRING_SAMPLE = SAMPLES_DIR / "alertmanager_firing.json"
+RESOLVED_SAMPLE = SAMPLES_DIR / "alertmanager_resolved.json"
+READY_LINE = "Clarion is ready."
+# Who the local outbox shows mail for when no SMTP server and no recipients are configured.
+PLACEHOLDER_RECIPIENT = "customer@example.invalid"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the local services answer, as a client on this machine reaches them."""
+
+    ingest: str
+    dispatcher: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Endpoints:
+        return cls(
+            ingest=_base_url(settings.ingest_host, settings.ingest_port),
+            dispatcher=_base_url(settings.dispatcher_host, settings.dispatcher_port),
+        )
+
+    @property
+    def webhook(self) -> str:
+        return f"{self.ingest}/v1/alerts/alertmanager"
+
+    @property
+    def status_page(self) -> str:
+        return f"{self.dispatcher}/status"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.dispatcher}/v1/deliveries"
+
+    @property
+    def readiness(self) -> dict[str, str]:
+        return {"ingest": f"{self.ingest}/readyz", "dispatcher": f"{self.dispatcher}/readyz"}
+
+
+def _base_url(host: str, port: int) -> str:
+    reachable = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    if ":" in reachable:
+        reachable = f"[{reachable}]"
+    return f"http://{reachable}:{port}"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    settings: Settings
+    endpoints: Endpoints
+    redis_note: str
+    recipients: int
+    log_dir: Path | None
+    demo: bool
+    resolve_after: float
+    startup_timeout: float
+
+
+async def run_up(specs: list[ChildSpec], options: UpOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stopped = asyncio.ensure_future(stop.wait())
+    startup_exit: asyncio.Future[ChildExit] = loop.create_future()
+
+    def on_exit(exit_info: ChildExit) -> None:
+        # During startup an exit is fatal; after it, the supervisor logs it and restarts.
+        if not startup_exit.done():
+            startup_exit.set_result(exit_info)
+
+    supervisor = Supervisor(specs, stop, on_exit=on_exit)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            typer.echo("Stopping (Ctrl-C again to force) ...", err=True)
+            stop.set()
+        elif sig is signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
+            typer.echo("Stopping now.", err=True)
+            supervisor.force_stop()
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in handled:
+        loop.add_signal_handler(sig, on_signal, sig)
+    supervision = asyncio.create_task(supervisor.run())
+    demo: asyncio.Task[None] | None = None
+    try:
+        not_ready = await wait_until_ready(
+            options.endpoints.readiness,
+            within=options.startup_timeout,
+            unless=[startup_exit, stopped],
+        )
+        if stop.is_set():
+            return 0
+        if startup_exit.done():
+            typer.echo(_startup_failure(startup_exit.result(), options.log_dir), err=True)
+            return 1
+        if not_ready:
+            where = "above" if options.log_dir is None else f"in {options.log_dir}"
+            typer.echo(
+                f"Not ready after {options.startup_timeout:g}s: {', '.join(not_ready)}. "
+                f"See the logs {where}.",
+                err=True,
+            )
+            return 1
+        startup_exit.cancel()  # from now on, a child that exits is restarted
+        typer.echo(_banner(options))
+        if options.demo:
+            demo = asyncio.create_task(_run_demo(options, stop))
+        await stop.wait()
+        return 0
+    finally:
+        stop.set()
+        if demo is not None:
+            demo.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo
+        await supervision
+        await stopped
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _startup_failure(exit_info: ChildExit, log_dir: Path | None) -> str:
+    lines = [f"{exit_info.name} exited with code {exit_info.returncode} during startup."]
+    if log_dir is not None:
+        log_path = log_dir / f"{exit_info.name}.log"
+        tail = log_path.read_text(errors="replace").splitlines()[-20:] if log_path.exists() else []
+        lines += [f"Last lines of {log_path}:", *(f"  {line}" for line in tail)]
+    return "\n".join(lines)
+
+
+def _banner(options: UpOptions) -> str:
+    endpoints, settings = options.endpoints, options.settings
+    auth = (
+        ' \\\n    -H "Authorization: Bearer $CLARION_INGEST_TOKEN"' if settings.ingest_token else ""
+    )
+    curl = (
+        f"  curl -sS -X POST {endpoints.webhook} \\\n"
+        f"    -H 'Content-Type: application/json'{auth} \\\n"
+        f"    --data-binary @{shlex.quote(str(FIRING_SAMPLE))}"
+    )
+    if not options.recipients:
+        email = "nobody to email: set CLARION_EMAIL_RECIPIENTS"
+    elif settings.smtp_host:
+        email = (
+            f"to {options.recipients} recipient(s) via {settings.smtp_host}:{settings.smtp_port}"
+        )
+    elif settings.email_recipients:
+        email = "no SMTP server configured: queued locally, read them with `clarion outbox`"
+    else:
+        email = (
+            f"no SMTP server configured: queued locally for {PLACEHOLDER_RECIPIENT}, "
+            "read them with `clarion outbox`"
+        )
+    ops = " (needs Authorization: Bearer $CLARION_OPS_TOKEN)" if settings.ops_token else ""
+    logs = "in this terminal" if options.log_dir is None else f"{options.log_dir}/<service>.log"
+    return "\n".join(
+        [
+            "",
+            READY_LINE,
+            "",
+            f"  Alertmanager webhook:  {endpoints.webhook}",
+            f"  Status page:           {endpoints.status_page}",
+            f"  Delivery log (API):    {endpoints.deliveries}{ops}",
+            f"  Emails:                {email}",
+            f"  Redis:                 {options.redis_note}",
+            f"  Logs:                  {logs}",
+            "",
+            "Send the sample firing alert"
+            + (" (export CLARION_INGEST_TOKEN first):" if settings.ingest_token else ":"),
+            curl,
+            "",
+            "Press Ctrl-C to stop.",
+        ]
+    )
+
+
+async def _run_demo(options: UpOptions, stop: asyncio.Event) -> None:
+    endpoints = options.endpoints
+    token = options.settings.ingest_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    async with httpx.AsyncClient(timeout=15.0, headers=headers) as client:
+        answer = await _post_sample(client, endpoints.webhook, FIRING_SAMPLE)
+        if answer is None:
+            return
+        typer.echo(
+            f"\nDemo: sent a firing alert; incident {answer.get('incident_id')} "
+            f"({', '.join(answer.get('events') or ['no new events'])}).\n"
+            f"  Status page: {endpoints.status_page}\n"
+            "  Emails: `clarion outbox` (or your SMTP server)\n"
+            f"  The resolved alert follows in {options.resolve_after:g}s."
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=options.resolve_after)
+            return
+        answer = await _post_sample(client, endpoints.webhook, RESOLVED_SAMPLE)
+        if answer is not None:
+            typer.echo(
+                f"\nDemo: sent the resolved alert; incident {answer.get('incident_id')} "
+                f"({', '.join(answer.get('events') or ['no new events'])}).\n"
+                f"  See the resolution on {endpoints.status_page} and in `clarion outbox`."
+            )
+
+
+async def _post_sample(client: httpx.AsyncClient, url: str, sample: Path) -> dict[str, Any] | None:
+    try:
+        body = await asyncio.to_thread(sample.read_bytes)
+        response = await client.post(
+            url, content=body, headers={"Content-Type": "application/json"}
+        )
+    except (OSError, httpx.HTTPError) as exc:
+        typer.echo(f"Demo: could not send {sample.name}: {exc}", err=True)
+        return None
+    if response.status_code >= 300:
+        typer.echo(
+            f"Demo: ingest answered {response.status_code} to {sample.name}: {response.text}",
+            err=True,
+        )
+        return None
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def redis_note(redis_url: str, *, embedded: bool, data_dir: Path) -> str:
+    if embedded:
+        return f"embedded Valkey at {redis_url}, append-only data in {data_dir / 'valkey'}"
+    return redact_text(redis_url)
