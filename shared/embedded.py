@@ -22,7 +22,7 @@ def start_embedded_valkey(data_dir: Path, port: int | None = None) -> Any:
         persist=True,
         config={
             "appendonly": "yes",
-            "appendfsync": "everysec",
+            "appendfsync": "always",  # a 202 from ingest means the alert is on disk
             "save": "",
             "logfile": "valkey.log",
         },
