@@ -28,6 +28,14 @@ class InvalidPayload(ClarionError):
         super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
 
 
+class MalformedBody(ClarionError):
+    pass
+
+
+class BodyTooLarge(ClarionError):
+    pass
+
+
 class Unauthorized(ClarionError):
     pass
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import FieldError, InvalidPayload, Unauthorized
+from shared.errors import BodyTooLarge, FieldError, InvalidPayload, MalformedBody, Unauthorized
 
 
 def error_body(code: str, message: str, fields: list[FieldError] | None = None) -> dict[str, Any]:
@@ -41,6 +41,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("invalid_payload", "the request body is not valid", exc.errors), 422
         )
+
+    @app.exception_handler(MalformedBody)
+    async def _malformed(_: Request, exc: MalformedBody) -> JSONResponse:
+        return JSONResponse(error_body("invalid_json", str(exc)), 400)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(error_body("payload_too_large", str(exc)), 413)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -18,8 +17,8 @@ from services.dispatcher.status_view import (
     template_values,
 )
 from services.dispatcher.templating import environment
+from shared.auth import check_bearer
 from shared.contracts import dump
-from shared.errors import Unauthorized
 from shared.http_errors import error_body
 from shared.incidents import recent_incidents
 
@@ -28,13 +27,7 @@ STATUS_PAGE_SCAN = 100
 
 async def require_ops_token(request: Request) -> None:
     """When an ops token is configured, /v1/* needs ``Authorization: Bearer <token>``."""
-    token = get_state(request).settings.ops_token
-    if token is None:
-        return
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
-        raise Unauthorized("missing or wrong ops token")
+    check_bearer(request.headers.get("authorization"), get_state(request).settings.ops_token)
 
 
 public = APIRouter()

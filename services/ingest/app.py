@@ -15,10 +15,10 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.ingest.auth import check_bearer
-from services.ingest.body import BodyTooLarge, MalformedBody, read_json, validate
+from services.ingest.body import read_json, validate
 from services.ingest.incident_store import IncidentStore
 from services.ingest.sources import alertmanager
+from shared.auth import check_bearer
 from shared.clock import Clock, SystemClock
 from shared.errors import RetryableFailure
 from shared.http_errors import error_body, install_error_handlers
@@ -138,14 +138,6 @@ def _unavailable(message: str) -> JSONResponse:
 
 
 def _install_ingest_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(MalformedBody)
-    async def _malformed(_: Request, exc: MalformedBody) -> JSONResponse:
-        return JSONResponse(error_body("invalid_json", str(exc)), 400)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(error_body("payload_too_large", str(exc)), 413)
-
     @app.exception_handler(RedisError)
     async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
         # Nothing was accepted: the sender keeps the alert and retries.

@@ -8,20 +8,12 @@ from typing import Any, Final, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from shared.errors import ClarionError, InvalidPayload
+from shared.errors import BodyTooLarge, InvalidPayload, MalformedBody
 from shared.http_errors import field_errors
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class MalformedBody(ClarionError):
-    """The body is not JSON (answered with a 400)."""
-
-
-class BodyTooLarge(ClarionError):
-    """The body is over the size limit (answered with a 413)."""
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:

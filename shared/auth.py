@@ -1,4 +1,4 @@
-"""Webhook authentication: a bearer token, compared in constant time."""
+"""Bearer-token checks (webhooks, ops API), compared in constant time."""
 
 from __future__ import annotations
 
