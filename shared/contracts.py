@@ -6,6 +6,7 @@ from a new one. Events are named in the past tense and carry no behaviour.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -104,6 +105,11 @@ class Incident(Contract):
     @property
     def firing_alerts(self) -> tuple[AlertState, ...]:
         return tuple(a for a in self.alerts if a.status is AlertStatus.FIRING)
+
+    @property
+    def began_at(self) -> datetime:
+        """When the trouble began: the earliest alert start, else when Clarion heard of it."""
+        return min([a.starts_at for a in self.alerts if a.starts_at], default=self.opened_at)
 
 
 class _IncidentEventBase(Contract):

@@ -83,12 +83,6 @@ def next_update_at(event: DispatchEvent, incident: Incident, context: RenderCont
     return event.occurred_at + context.update_intervals[incident.severity]
 
 
-def _began_at(incident: Incident) -> datetime:
-    """When customers started to be affected: the earliest alert start, if it is known."""
-    starts = [a.starts_at for a in incident.alerts if a.starts_at is not None]
-    return min([*starts, incident.opened_at])
-
-
 def template_values(
     event: DispatchEvent, incident: Incident, context: RenderContext
 ) -> dict[str, Any]:
@@ -100,7 +94,7 @@ def template_values(
     alerts = incident.alerts if resolved else (incident.firing_alerts or incident.alerts)
     # One line per affected instance (its description tells them apart), no repeats.
     technical = list(dict.fromkeys(a.description or a.summary for a in alerts if a.summary))
-    began = _began_at(incident)
+    began = incident.began_at
     hidden = len(technical) - MAX_TECHNICAL_LINES + incident.truncated_alerts
     values: dict[str, Any] = {
         "kind": kind,

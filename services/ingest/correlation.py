@@ -253,7 +253,7 @@ def _resolved_at(current: Incident, states: Iterable[AlertState], now: datetime)
     if not ends or any(end is None for end in ends):
         return now
     last = max(end for end in ends if end is not None)
-    return last if current.opened_at <= last <= now else now
+    return last if current.began_at <= last <= now else now
 
 
 def _state(alert: Alert) -> AlertState:
