@@ -85,7 +85,7 @@ def summary_of(incident: Incident) -> StatusPageIncident:
         service=incident.service,
         severity=incident.severity,
         state=state_for(incident),
-        opened_at=incident.opened_at,
+        opened_at=incident.began_at,
         updated_at=incident.updated_at,
         resolved_at=incident.resolved_at,
     )
