@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -14,10 +13,13 @@ from redis.asyncio import Redis
 
 from services.dispatcher.app import create_app
 from shared.clock import ManualClock
-from shared.contracts import Incident, IncidentOpened, IncidentStatus, Severity
+from shared.contracts import IncidentOpened, Severity
 from shared.settings import Settings
-from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key
+from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS
+from tests.support.asgi import running
+from tests.support.builders import make_incident, make_incident_opened, store_incident
 from tests.support.smtp import SmtpServer
+from tests.support.streams import wait_for_entries
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +28,7 @@ TOKEN = "ops-secret-token"
 ALICE = "alice@example.com"
 
 
-def make_incident() -> Incident:
-    return Incident(
-        id="inc-42",
-        key="group-42",
-        source="alertmanager",
-        title="Checkout is failing",
-        impact="Customers cannot place orders.",
-        severity=Severity.ERROR,
-        status=IncidentStatus.OPEN,
-        opened_at=NOW - timedelta(minutes=5),
-        updated_at=NOW - timedelta(minutes=5),
-    )
+INCIDENT = make_incident(id="inc-42", severity=Severity.ERROR, opened_at=NOW - timedelta(minutes=5))
 
 
 @pytest.fixture
@@ -53,36 +44,16 @@ def settings(make_settings: Callable[..., Settings], smtp_server: SmtpServer) ->
 
 @pytest.fixture
 async def client(redis: Redis, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, ManualClock(NOW))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as http:
-            yield http
+    async with running(create_app(settings, ManualClock(NOW)), "http://dispatcher") as http:
+        yield http
 
 
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def wait_for_log_entries(redis: Redis, count: int, within: float = 20.0) -> None:
-    """Block on the delivery-log stream until it holds ``count`` entries."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last_id: bytes | str = "0"
-    seen = 0
-    while seen < count:
-        remaining_ms = int((deadline - loop.time()) * 1000)
-        if remaining_ms <= 0:
-            raise AssertionError(f"only {seen} of {count} delivery records in {within}s")
-        reply: Any = await redis.xread({DELIVERY_LOG: last_id}, count=100, block=remaining_ms)
-        for _stream, entries in reply or []:
-            for entry_id, _fields in entries:
-                seen += 1
-                last_id = entry_id
-
-
 async def publish_opened(redis_url: str) -> IncidentOpened:
-    event = IncidentOpened(event_id="ev-published", occurred_at=NOW, incident=make_incident())
+    event = make_incident_opened(INCIDENT, event_id="ev-published", occurred_at=NOW)
     async with RedisBroker(redis_url) as broker:
         await broker.publish(event, stream=INCIDENT_EVENTS)
     return event
@@ -98,7 +69,7 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
     )
     assert message["Subject"] == "Investigating: Checkout is failing"
     assert message["Message-ID"]
-    await wait_for_log_entries(redis, count=2)  # the email and the status page post
+    await wait_for_entries(redis, DELIVERY_LOG, 2, within=20.0)  # email, status page post
 
     page = await client.get("/status")
     assert page.status_code == 200
@@ -142,7 +113,7 @@ async def test_temporary_smtp_failure_is_reclaimed_and_retried(
     [message] = await asyncio.to_thread(
         smtp_server.mailbox.wait_for, lambda messages: len(messages) >= 1
     )
-    await wait_for_log_entries(redis, count=3)
+    await wait_for_entries(redis, DELIVERY_LOG, 3, within=20.0)
 
     assert message["Subject"] == "Investigating: Checkout is failing"
     response = await client.get("/v1/deliveries", params={"incident_id": "inc-42"}, headers=auth())
@@ -185,9 +156,7 @@ async def test_deliveries_limit_is_validated(client: httpx.AsyncClient, limit: s
 async def test_incidents_endpoint_lists_recent_incidents(
     client: httpx.AsyncClient, redis: Redis
 ) -> None:
-    incident = make_incident()
-    await redis.set(incident_key(incident.id), incident.model_dump_json())
-    await redis.zadd(INCIDENTS_BY_TIME, {incident.id: incident.opened_at.timestamp()})
+    await store_incident(redis, INCIDENT)
 
     response = await client.get("/v1/incidents", headers=auth())
 
@@ -206,9 +175,7 @@ async def test_without_ops_token_ops_endpoints_are_open(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     app = create_app(make_settings(ops_token=None), ManualClock(NOW))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as http:
-            response = await http.get("/v1/deliveries")
+    async with running(app, "http://dispatcher") as http:
+        response = await http.get("/v1/deliveries")
     assert response.status_code == 200
     assert response.json() == []

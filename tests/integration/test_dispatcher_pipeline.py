@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -15,67 +15,32 @@ from services.dispatcher.pipeline import Dispatcher
 from services.dispatcher.plan import plan
 from services.dispatcher.status_page_store import PageState, StatusPageStore
 from shared.clock import ManualClock
-from shared.contracts import (
-    DeliveryRecorded,
-    DeliveryStatus,
-    Incident,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentStatus,
-    Severity,
-    UpdateDue,
-)
+from shared.contracts import DeliveryRecorded, DeliveryStatus, Incident
 from shared.errors import RetryableFailure
 from shared.idempotency import IdempotencyStore
 from shared.settings import Settings
-from shared.streams import incident_key
-from tests.integration.test_email_channel import ScriptedSmtp
+from tests.support.builders import (
+    T0,
+    make_incident,
+    make_incident_opened,
+    make_incident_resolved,
+    make_resolved_incident,
+    make_update_due,
+    store_incident,
+)
+from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 
 
-def make_incident(status: IncidentStatus = IncidentStatus.OPEN) -> Incident:
-    resolved = status is IncidentStatus.RESOLVED
-    return Incident(
-        id="inc-1",
-        key="group-1",
-        source="alertmanager",
-        title="Checkout is failing",
-        impact="Customers cannot place orders.",
-        severity=Severity.CRITICAL,
-        status=status,
-        opened_at=T0,
-        updated_at=T0 + timedelta(hours=1) if resolved else T0,
-        resolved_at=T0 + timedelta(hours=1) if resolved else None,
-    )
-
-
-OPENED = IncidentOpened(event_id="ev-open", occurred_at=T0, incident=make_incident())
-
-
-def make_due(sequence: int = 1) -> UpdateDue:
-    return UpdateDue(
-        event_id=f"due-{sequence}",
-        incident_id="inc-1",
-        sequence=sequence,
-        due_at=T0 + timedelta(minutes=30),
-        emitted_at=T0 + timedelta(minutes=30),
-        next_update_at=T0 + timedelta(hours=1),
-    )
-
-
-@pytest.fixture
-def smtp() -> Iterator[ScriptedSmtp]:
-    with ScriptedSmtp() as server:
-        yield server
+OPENED = make_incident_opened(event_id="ev-open", occurred_at=T0)
 
 
 def dispatcher_for(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp | None
+    redis: Redis, make_settings: Callable[..., Settings], smtp: SmtpServer | None
 ) -> Dispatcher:
     settings = make_settings(
         smtp_host=smtp.host if smtp else None,
@@ -97,20 +62,16 @@ def statuses(records: list[DeliveryRecorded]) -> list[tuple[str, str, DeliverySt
     return [(r.channel, r.recipient, r.status, r.attempt) for r in records]
 
 
-async def store_incident(redis: Redis, incident: Incident) -> None:
-    await redis.set(incident_key(incident.id), incident.model_dump_json())
-
-
 async def test_opened_event_emails_everyone_and_posts_the_status_page(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
     await dispatcher.handle_incident_event(OPENED, attempt=1)
 
-    assert len(smtp.to(ALICE)) == 1
-    assert len(smtp.to(BOB)) == 1
-    assert smtp.to(ALICE)[0]["Subject"] == "Investigating: Checkout is failing"
+    assert len(smtp_server.to(ALICE)) == 1
+    assert len(smtp_server.to(BOB)) == 1
+    assert smtp_server.to(ALICE)[0]["Subject"] == "Investigating: Checkout is failing"
     assert sorted(statuses(await log_of(redis))) == [
         ("email", "a***@example.com", DeliveryStatus.SENT, 1),
         ("email", "b***@example.com", DeliveryStatus.SENT, 1),
@@ -124,14 +85,14 @@ async def test_opened_event_emails_everyone_and_posts_the_status_page(
 
 
 async def test_same_event_twice_sends_exactly_one_email_per_recipient(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
     await dispatcher.handle_incident_event(OPENED, attempt=1)
     await dispatcher.handle_incident_event(OPENED, attempt=2)
 
-    assert len(smtp.mailbox.messages) == 2
+    assert len(smtp_server.mailbox.messages) == 2
     assert len(await log_of(redis)) == 3
     page = await StatusPageStore(redis).get("inc-1")
     assert page is not None
@@ -139,14 +100,14 @@ async def test_same_event_twice_sends_exactly_one_email_per_recipient(
 
 
 async def test_permanent_failure_for_one_recipient_does_not_block_the_others(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    smtp.handler.bounce.add(BOB)
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    smtp_server.bounce.add(BOB)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
     await dispatcher.handle_incident_event(OPENED, attempt=1)  # does not raise
 
-    assert len(smtp.to(ALICE)) == 1
+    assert len(smtp_server.to(ALICE)) == 1
     records = {r.recipient: r for r in await log_of(redis)}
     assert records["b***@example.com"].status is DeliveryStatus.FAILED
     assert "550" in (records["b***@example.com"].error or "")
@@ -158,25 +119,25 @@ async def test_permanent_failure_for_one_recipient_does_not_block_the_others(
 
 
 async def test_retryable_failure_raises_and_a_retry_redoes_only_that_delivery(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    smtp.handler.defer.add(BOB)
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    smtp_server.defer.add(BOB)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
     with pytest.raises(RetryableFailure, match="1 of 3"):
         await dispatcher.handle_incident_event(OPENED, attempt=1)
 
-    assert len(smtp.to(ALICE)) == 1
-    assert smtp.to(BOB) == []
+    assert len(smtp_server.to(ALICE)) == 1
+    assert smtp_server.to(BOB) == []
     records = {r.recipient: r for r in await log_of(redis)}
     assert records["b***@example.com"].status is DeliveryStatus.RETRYING
     assert "451" in (records["b***@example.com"].error or "")
 
-    smtp.handler.defer.clear()
+    smtp_server.defer.clear()
     await dispatcher.handle_incident_event(OPENED, attempt=2)
 
-    assert len(smtp.to(ALICE)) == 1
-    assert len(smtp.to(BOB)) == 1
+    assert len(smtp_server.to(ALICE)) == 1
+    assert len(smtp_server.to(BOB)) == 1
     assert statuses(await log_of(redis))[-1] == (
         "email",
         "b***@example.com",
@@ -189,9 +150,9 @@ async def test_retryable_failure_raises_and_a_retry_redoes_only_that_delivery(
 
 
 async def test_delivery_claimed_elsewhere_is_retried_later(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
     bob = next(d for d in plan(OPENED, None, (ALICE, BOB)) if d.recipient == BOB)
     other = IdempotencyStore(redis, lease_ms=60_000, retention_seconds=60)
     await other.claim(bob.idempotency_key, "another-instance")
@@ -199,42 +160,42 @@ async def test_delivery_claimed_elsewhere_is_retried_later(
     with pytest.raises(RetryableFailure):
         await dispatcher.handle_incident_event(OPENED, attempt=1)
 
-    assert len(smtp.to(ALICE)) == 1
-    assert smtp.to(BOB) == []
+    assert len(smtp_server.to(ALICE)) == 1
+    assert smtp_server.to(BOB) == []
 
 
 async def test_update_due_for_open_incident_is_sent(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
     await store_incident(redis, make_incident())
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
-    await dispatcher.handle_update_due(make_due(sequence=2), attempt=1)
+    await dispatcher.handle_update_due(make_update_due(sequence=2), attempt=1)
 
-    [message] = smtp.to(ALICE)
+    [message] = smtp_server.to(ALICE)
     assert message["Subject"] == "Update 2: Checkout is failing"
     assert {r.status for r in await log_of(redis)} == {DeliveryStatus.SENT}
 
 
 @pytest.mark.parametrize(
     ("stored", "reason"),
-    [(make_incident(IncidentStatus.RESOLVED), "incident resolved"), (None, "incident not found")],
+    [(make_resolved_incident(), "incident resolved"), (None, "incident not found")],
 )
 async def test_update_due_for_resolved_or_unknown_incident_is_suppressed(
     redis: Redis,
     make_settings: Callable[..., Settings],
-    smtp: ScriptedSmtp,
+    smtp_server: SmtpServer,
     stored: Incident | None,
     reason: str,
 ) -> None:
     if stored is not None:
         await store_incident(redis, stored)
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
 
-    await dispatcher.handle_update_due(make_due(), attempt=1)
-    await dispatcher.handle_update_due(make_due(), attempt=2)
+    await dispatcher.handle_update_due(make_update_due(), attempt=1)
+    await dispatcher.handle_update_due(make_update_due(), attempt=2)
 
-    assert smtp.mailbox.messages == []
+    assert smtp_server.mailbox.messages == []
     records = await log_of(redis)
     assert len(records) == 3
     assert {(r.status, r.error) for r in records} == {(DeliveryStatus.SUPPRESSED, reason)}
@@ -245,10 +206,10 @@ async def test_resolution_moves_the_status_page_to_resolved(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     dispatcher = dispatcher_for(redis, make_settings, None)
-    resolved = IncidentResolved(
+    resolved = make_incident_resolved(
+        make_resolved_incident(resolved_at=T0 + timedelta(hours=1)),
         event_id="ev-resolved",
         occurred_at=T0 + timedelta(hours=1),
-        incident=make_incident(IncidentStatus.RESOLVED),
     )
 
     await dispatcher.handle_incident_event(OPENED, attempt=1)
@@ -269,10 +230,10 @@ async def test_resolution_moves_the_status_page_to_resolved(
 
 
 async def test_record_dead_marks_only_unfinished_deliveries(
-    redis: Redis, make_settings: Callable[..., Settings], smtp: ScriptedSmtp
+    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    smtp.handler.defer.add(BOB)
-    dispatcher = dispatcher_for(redis, make_settings, smtp)
+    smtp_server.defer.add(BOB)
+    dispatcher = dispatcher_for(redis, make_settings, smtp_server)
     with pytest.raises(RetryableFailure):
         await dispatcher.handle_incident_event(OPENED, attempt=1)
 

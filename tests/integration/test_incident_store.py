@@ -7,41 +7,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from faststream.redis import RedisBroker
-from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
 from services.ingest.incident_store import IncidentStore
 from services.ingest.sources.alertmanager import AlertmanagerWebhook, group_key_of, parse
 from shared.clock import ManualClock
-from shared.contracts import (
-    INCIDENT_EVENT,
-    Alert,
-    IncidentEvent,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentStatus,
-)
+from shared.contracts import Alert, IncidentOpened, IncidentResolved, IncidentStatus
 from shared.incidents import load_incident, recent_incidents
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, open_incident_key
 from tests.conftest import load_fixture
+from tests.support.streams import incident_events
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
 
 StoreFactory = Callable[[ManualClock], Awaitable[IncidentStore]]
-
-
-async def stream_events(redis: Redis) -> list[IncidentEvent]:
-    """Every incident event on the stream, decoded as a consumer would."""
-    events = []
-    for _entry_id, fields in await redis.xrange(INCIDENT_EVENTS) or []:
-        assert fields is not None
-        envelope = fields[b"__data__"]
-        assert isinstance(envelope, bytes)
-        data, _headers = BinaryMessageFormatV1.parse(envelope)
-        events.append(INCIDENT_EVENT.validate_json(data))
-    return events
 
 
 def batch(name: str) -> tuple[str, list[Alert]]:
@@ -85,7 +66,7 @@ async def test_open_repeat_resolve_lifecycle(redis: Redis, make_store: StoreFact
     assert incident.status is IncidentStatus.OPEN
     assert incident.truncated_alerts == 2
     assert await redis.zscore(INCIDENTS_BY_TIME, opened.incident_id) == T0.timestamp()
-    (event,) = await stream_events(redis)
+    (event,) = await incident_events(redis)
     assert isinstance(event, IncidentOpened)
     assert event.incident == incident
 
@@ -96,7 +77,7 @@ async def test_open_repeat_resolve_lifecycle(redis: Redis, make_store: StoreFact
     assert repeat.duplicate is True
     assert repeat.incident_id == opened.incident_id
     assert await load_incident(redis, opened.incident_id) == incident  # updated_at untouched
-    assert len(await stream_events(redis)) == 1
+    assert len(await incident_events(redis)) == 1
 
     clock.advance(timedelta(minutes=5))
     _, resolved_alerts = batch(RESOLVED)
@@ -108,7 +89,7 @@ async def test_open_repeat_resolve_lifecycle(redis: Redis, make_store: StoreFact
     stored = await load_incident(redis, opened.incident_id)
     assert stored is not None
     assert stored.status is IncidentStatus.RESOLVED
-    events = await stream_events(redis)
+    events = await incident_events(redis)
     assert [e.type for e in events] == ["incident.opened", "incident.resolved"]
     assert isinstance(events[1], IncidentResolved)
     assert events[1].incident == stored
@@ -156,7 +137,7 @@ async def test_concurrent_instances_open_exactly_one_incident(
     assert sorted(len(r.events) for r in results) == [0] * 11 + [1]
     assert {r.incident_id for r in results} == {results[0].incident_id}
     assert sum(r.duplicate for r in results) == 11
-    events = await stream_events(redis)
+    events = await incident_events(redis)
     assert [e.type for e in events] == ["incident.opened"]
     assert await redis.zcard(INCIDENTS_BY_TIME) == 1
     assert events[0].incident_id == results[0].incident_id
@@ -173,5 +154,8 @@ async def test_concurrent_resolution_and_repeat_resolve_once(
 
     await asyncio.gather(*(stores[i % 2].apply(group_key, resolved_alerts) for i in range(8)))
 
-    assert [e.type for e in await stream_events(redis)] == ["incident.opened", "incident.resolved"]
+    assert [e.type for e in await incident_events(redis)] == [
+        "incident.opened",
+        "incident.resolved",
+    ]
     assert await redis.exists(open_incident_key(group_key)) == 0

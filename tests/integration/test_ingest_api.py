@@ -2,23 +2,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
 from services.ingest.app import create_app
 from shared.clock import ManualClock
-from shared.contracts import INCIDENT_EVENT, IncidentEvent, IncidentStatus
+from shared.contracts import IncidentStatus
 from shared.incidents import load_incident
 from shared.settings import Settings
 from shared.streams import DISPATCHER_GROUP, INCIDENT_EVENTS, SCHEDULER_GROUP
 from tests.conftest import load_fixture
+from tests.support.asgi import running
+from tests.support.streams import incident_events
 
 pytestmark = pytest.mark.integration
 
@@ -26,31 +25,14 @@ URL = "/v1/alerts/alertmanager"
 FIRING = "alertmanager_webhook_v4_firing.json"
 RESOLVED = "alertmanager_webhook_v4_resolved.json"
 T0 = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
-
-
-async def stream_events(redis: Redis) -> list[IncidentEvent]:
-    events = []
-    for _entry_id, fields in await redis.xrange(INCIDENT_EVENTS) or []:
-        assert fields is not None
-        envelope = fields[b"__data__"]
-        assert isinstance(envelope, bytes)
-        events.append(INCIDENT_EVENT.validate_json(BinaryMessageFormatV1.parse(envelope)[0]))
-    return events
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield client
+INGEST = "http://ingest.test"
 
 
 @pytest.fixture
 async def client(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_app(make_settings(), clock=ManualClock(T0))) as client:
+    async with running(create_app(make_settings(), clock=ManualClock(T0)), INGEST) as client:
         yield client
 
 
@@ -72,7 +54,7 @@ async def test_firing_webhook_is_accepted_after_the_incident_is_stored(
     assert incident is not None
     assert incident.status is IncidentStatus.OPEN
     assert incident.opened_at == T0
-    assert [e.incident_id for e in await stream_events(redis)] == [body["incident_id"]]
+    assert [e.incident_id for e in await incident_events(redis)] == [body["incident_id"]]
 
 
 async def test_consumer_groups_exist_before_anything_is_consumed(
@@ -99,7 +81,7 @@ async def test_duplicate_webhook_changes_nothing(client: httpx.AsyncClient, redi
         "events": [],
         "duplicate": True,
     }
-    assert len(await stream_events(redis)) == 1
+    assert len(await incident_events(redis)) == 1
 
 
 async def test_resolved_webhook_resolves_the_incident(
@@ -115,7 +97,10 @@ async def test_resolved_webhook_resolves_the_incident(
     incident = await load_incident(redis, opened["incident_id"])
     assert incident is not None
     assert incident.status is IncidentStatus.RESOLVED
-    assert [e.type for e in await stream_events(redis)] == ["incident.opened", "incident.resolved"]
+    assert [e.type for e in await incident_events(redis)] == [
+        "incident.opened",
+        "incident.resolved",
+    ]
 
 
 async def test_bad_field_gets_422_naming_it(client: httpx.AsyncClient, redis: Redis) -> None:
@@ -127,7 +112,7 @@ async def test_bad_field_gets_422_naming_it(client: httpx.AsyncClient, redis: Re
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_payload"
     assert fields_of(response) == ["alerts.0.status"]
-    assert await stream_events(redis) == []
+    assert await incident_events(redis) == []
 
 
 @pytest.mark.parametrize("version", ["3", None])
@@ -170,7 +155,7 @@ async def test_body_over_one_mebibyte_gets_413(client: httpx.AsyncClient, redis:
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
-    assert await stream_events(redis) == []
+    assert await incident_events(redis) == []
 
 
 async def test_body_over_the_limit_without_content_length_gets_413(
@@ -194,26 +179,26 @@ async def test_token_is_required_when_configured(
     redis: Redis, make_settings: Callable[..., Settings], headers: dict[str, str]
 ) -> None:
     app = create_app(make_settings(ingest_token="s3cret-token"))
-    async with running(app) as client:
+    async with running(app, INGEST) as client:
         response = await client.post(URL, json=load_fixture(FIRING), headers=headers)
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
     assert response.headers["www-authenticate"] == "Bearer"
-    assert await stream_events(redis) == []
+    assert await incident_events(redis) == []
 
 
 async def test_right_token_is_accepted(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     app = create_app(make_settings(ingest_token="s3cret-token"))
-    async with running(app) as client:
+    async with running(app, INGEST) as client:
         response = await client.post(
             URL, json=load_fixture(FIRING), headers={"Authorization": "Bearer s3cret-token"}
         )
 
     assert response.status_code == 202
-    assert len(await stream_events(redis)) == 1
+    assert len(await incident_events(redis)) == 1
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.ingest.app import create_app
 from shared.settings import Settings
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME
 from tests.conftest import load_fixture
+from tests.support.asgi import running
 
 pytestmark = pytest.mark.integration
 
@@ -93,20 +91,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as client:
-            yield client
-
-
 async def test_redis_down_means_503_never_202_and_recovery_accepts_again(
     redis: Redis, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
     async with CuttableProxy(redis_url) as proxy:
         app = create_app(make_settings(redis_url=proxy.url))
-        async with running(app) as client:
+        async with running(app, "http://ingest.test") as client:
             assert (await client.get("/readyz")).status_code == 200
 
             proxy.cut()

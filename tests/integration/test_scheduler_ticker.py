@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import cast
 
 import pytest
-from faststream.redis import BinaryMessageFormatV1, RedisBroker
+from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from services.scheduler.cadence import ceil_ms
@@ -18,59 +18,24 @@ from services.scheduler.scheduling import schedule_incident_event
 from services.scheduler.service import BrokerUpdatePublisher
 from services.scheduler.ticker import Ticker
 from shared.clock import ManualClock
-from shared.contracts import (
-    Incident,
-    IncidentEvent,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentSeverityChanged,
-    IncidentStatus,
-    IncidentUpdated,
-    Severity,
-    UpdateDue,
-)
+from shared.contracts import Incident, IncidentEvent, IncidentStatus, Severity, UpdateDue
 from shared.settings import Settings
-from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS, SCHEDULER_HEARTBEAT, UPDATES_DUE
-from shared.streams import incident_key as redis_incident_key
+from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS, SCHEDULER_HEARTBEAT, incident_key
+from tests.support.builders import (
+    T0,
+    make_incident,
+    make_incident_opened,
+    make_incident_resolved,
+    make_incident_severity_changed,
+    make_incident_updated,
+    store_incident,
+)
+from tests.support.streams import updates_due
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
 CRITICAL = timedelta(seconds=2)  # make_settings: critical 2s, error 3s, warning 4s, info 5s
 WARNING = timedelta(seconds=4)
-
-
-def make_incident(
-    incident_id: str,
-    severity: Severity = Severity.CRITICAL,
-    status: IncidentStatus = IncidentStatus.OPEN,
-) -> Incident:
-    return Incident(
-        id=incident_id,
-        key=f"test:{incident_id}",
-        source="alertmanager",
-        title="Checkout fails",
-        impact="Customers cannot place orders",
-        severity=severity,
-        status=status,
-        opened_at=T0,
-        updated_at=T0,
-        resolved_at=T0 if status is IncidentStatus.RESOLVED else None,
-    )
-
-
-async def save(redis: Redis, incident: Incident) -> None:
-    """Write incident state as ingest does."""
-    await redis.set(redis_incident_key(incident.id), incident.model_dump_json())
-
-
-async def read_updates(redis: Redis) -> list[UpdateDue]:
-    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(UPDATES_DUE))
-    updates = []
-    for _, fields in entries:
-        body, _headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
-        updates.append(UpdateDue.model_validate_json(body))
-    return updates
 
 
 @pytest.fixture
@@ -113,10 +78,10 @@ async def open_incident(
     incident_id: str = "inc-1",
     severity: Severity = Severity.CRITICAL,
 ) -> Incident:
-    incident = make_incident(incident_id, severity)
-    await save(redis, incident)
-    event = IncidentOpened(
-        event_id=f"{incident_id}:opened", occurred_at=clock.now(), incident=incident
+    incident = make_incident(id=incident_id, severity=severity)
+    await store_incident(redis, incident)
+    event = make_incident_opened(
+        incident, event_id=f"{incident_id}:opened", occurred_at=clock.now()
     )
     await schedule_incident_event(store, event, settings.update_interval)
     return incident
@@ -138,7 +103,7 @@ async def test_opened_incident_gets_updates_at_its_cadence(
     clock.advance(CRITICAL + timedelta(milliseconds=500))  # a little late
     assert await ticker.run_once() == 1
 
-    first, second = await read_updates(redis)
+    first, second = await updates_due(redis)
     assert first.event_id == "inc-1:update:1"
     assert (first.sequence, first.due_at, first.emitted_at) == (1, T0 + CRITICAL, T0 + CRITICAL)
     assert first.next_update_at == T0 + 2 * CRITICAL
@@ -164,13 +129,13 @@ async def test_resolved_incident_gets_no_more_updates(
 
     clock.advance(timedelta(seconds=1))
     resolved = incident.model_copy(update={"status": IncidentStatus.RESOLVED})
-    await save(redis, resolved)
-    event = IncidentResolved(event_id="e-res", occurred_at=clock.now(), incident=resolved)
+    await store_incident(redis, resolved)
+    event = make_incident_resolved(resolved, event_id="e-res", occurred_at=clock.now())
     await schedule_incident_event(store, event, settings.update_interval)
 
     clock.advance(timedelta(minutes=10))
     assert await ticker.run_once() == 0
-    assert len(await read_updates(redis)) == 1
+    assert len(await updates_due(redis)) == 1
     assert await store.get("inc-1") is None
     assert await redis.zcard(SCHEDULE_DUE) == 0
 
@@ -185,12 +150,9 @@ async def test_severity_change_moves_the_due_time(
     incident = await open_incident(redis, store, settings, clock, severity=Severity.WARNING)
     clock.advance(timedelta(seconds=1))
     critical = incident.model_copy(update={"severity": Severity.CRITICAL})
-    await save(redis, critical)
-    changed = IncidentSeverityChanged(
-        event_id="e-sev",
-        occurred_at=clock.now(),
-        incident=critical,
-        previous_severity=Severity.WARNING,
+    await store_incident(redis, critical)
+    changed = make_incident_severity_changed(
+        critical, previous_severity=Severity.WARNING, event_id="e-sev", occurred_at=clock.now()
     )
     await schedule_incident_event(store, changed, settings.update_interval)
 
@@ -199,7 +161,7 @@ async def test_severity_change_moves_the_due_time(
     clock.advance(timedelta(milliseconds=1))
     assert await ticker.run_once() == 1
 
-    (update,) = await read_updates(redis)
+    (update,) = await updates_due(redis)
     assert update.sequence == 1
     assert update.due_at == T0 + timedelta(seconds=1) + CRITICAL
     assert update.next_update_at == clock.now() + CRITICAL
@@ -218,9 +180,9 @@ async def test_update_and_stale_update_after_a_fire(
     assert await ticker.run_once() == 1
 
     clock.advance(timedelta(seconds=1))
-    fresh = IncidentUpdated(event_id="e-fresh", occurred_at=clock.now(), incident=incident)
+    fresh = make_incident_updated(incident, event_id="e-fresh", occurred_at=clock.now())
     await schedule_incident_event(store, fresh, settings.update_interval)
-    stale = IncidentUpdated(event_id="e-stale", occurred_at=stale_at, incident=incident)
+    stale = make_incident_updated(incident, event_id="e-stale", occurred_at=stale_at)
     await schedule_incident_event(store, stale, settings.update_interval)
 
     pending = await store.get("inc-1")
@@ -261,7 +223,7 @@ async def test_two_tickers_never_double_fire(
     finally:
         await other_redis.aclose()
 
-    fired = Counter((u.incident_id, u.sequence) for u in await read_updates(redis))
+    fired = Counter((u.incident_id, u.sequence) for u in await updates_due(redis))
     assert set(fired) == {(i, s) for i in ids for s in (1, 2, 3)}
     assert set(fired.values()) == {1}
 
@@ -284,7 +246,7 @@ async def test_claim_of_a_dead_instance_is_fired_after_the_lease(
     clock.advance(timedelta(milliseconds=1))
     assert await ticker.run_once() == 1
 
-    (update,) = await read_updates(redis)
+    (update,) = await updates_due(redis)
     assert (update.sequence, update.due_at) == (1, T0 + CRITICAL)
     # The instance wakes up: its lease is gone, it changes nothing.
     item = dead_claim.item
@@ -305,13 +267,13 @@ async def test_item_of_a_resolved_or_missing_incident_is_dropped(
     resolved = await open_incident(redis, store, settings, clock, "inc-resolved")
     await open_incident(redis, store, settings, clock, "inc-gone")
     await open_incident(redis, store, settings, clock, "inc-open")
-    await save(redis, resolved.model_copy(update={"status": IncidentStatus.RESOLVED}))
-    await redis.delete(redis_incident_key("inc-gone"))
+    await store_incident(redis, resolved.model_copy(update={"status": IncidentStatus.RESOLVED}))
+    await redis.delete(incident_key("inc-gone"))
 
     clock.advance(CRITICAL)
     assert await ticker.run_once() == 1
 
-    assert [u.incident_id for u in await read_updates(redis)] == ["inc-open"]
+    assert [u.incident_id for u in await updates_due(redis)] == ["inc-open"]
     assert await redis.hkeys(SCHEDULE_ITEMS) == [b"inc-open"]
     assert await redis.zrange(SCHEDULE_DUE, 0, -1) == [b"inc-open"]
 
@@ -333,8 +295,8 @@ async def test_event_handled_while_firing_keeps_the_sequence_moving(
 
         async def publish(self, due: UpdateDue) -> None:
             clock.advance(timedelta(milliseconds=300))
-            event: IncidentEvent = IncidentUpdated(
-                event_id="e-upd", occurred_at=clock.now(), incident=incident
+            event: IncidentEvent = make_incident_updated(
+                incident, event_id="e-upd", occurred_at=clock.now()
             )
             await schedule_incident_event(store, event, settings.update_interval)
             await self.real.publish(due)

@@ -42,10 +42,24 @@ class Mailbox:
 
 
 class _Handler:
+    """Accepts mail, except recipients told to bounce (5xx) or defer (4xx), and a held DATA."""
+
     def __init__(self, mailbox: Mailbox) -> None:
         self.mailbox = mailbox
         self.hold: threading.Event | None = None
         self.held = threading.Event()
+        self.bounce: set[str] = set()
+        self.defer: set[str] = set()
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.bounce:
+            return "550 5.1.1 no such user here"
+        if address in self.defer:
+            return "451 4.3.0 mailbox temporarily unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         if self.hold is not None and not self.hold.is_set():
@@ -62,15 +76,22 @@ class _Handler:
 
 
 class SmtpServer:
+    """A real SMTP server on loopback; ``bounce``/``defer`` script its answers per recipient."""
+
     def __init__(self) -> None:
         self.mailbox = Mailbox()
         self._handler = _Handler(self.mailbox)
+        self.bounce = self._handler.bounce
+        self.defer = self._handler.defer
         self.port = free_port()
         self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
 
     @property
     def host(self) -> str:
         return "127.0.0.1"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.mailbox.messages if m["X-Envelope-To"] == address]
 
     def hold_next(self) -> tuple[threading.Event, threading.Event]:
         """Hold the next message in DATA; returns (held, release) events."""

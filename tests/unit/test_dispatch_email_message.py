@@ -9,32 +9,22 @@ import pytest
 
 from services.dispatcher.channels.email import build_email, classify_smtp_error, message_id_for
 from services.dispatcher.channels.outcome import Permanent, Retryable
-from services.dispatcher.plan import Delivery
 from services.dispatcher.render import RenderedMessage
 from shared.clock import ManualClock
 from shared.settings import Settings
+from tests.support.builders import make_delivery
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 SETTINGS = Settings(_env_file=None, email_from="Example Status <status@example.com>")
-
-
-def delivery(delivery_id: str = "abc123") -> Delivery:
-    return Delivery(
-        delivery_id=delivery_id,
-        idempotency_key="ev-1:email:alice@example.com",
-        event_id="ev-1",
-        incident_id="inc-1",
-        channel="email",
-        recipient="alice@example.com",
-        occurred_at=NOW,
-    )
 
 
 MESSAGE = RenderedMessage(subject="Investigating: Checkout", text="plain body", html="<p>html</p>")
 
 
 def test_email_is_multipart_text_and_html_with_headers() -> None:
-    email = build_email(MESSAGE, "alice@example.com", delivery(), SETTINGS, ManualClock(NOW))
+    delivery = make_delivery(delivery_id="abc123")
+
+    email = build_email(MESSAGE, "alice@example.com", delivery, SETTINGS, ManualClock(NOW))
 
     assert email.get_content_type() == "multipart/alternative"
     parts = [part.get_content_type() for part in email.iter_parts()]
@@ -48,16 +38,16 @@ def test_email_is_multipart_text_and_html_with_headers() -> None:
 
 def test_text_only_message_is_not_multipart() -> None:
     text_only = RenderedMessage(subject="s", text="plain")
-    email = build_email(text_only, "a@example.com", delivery(), SETTINGS, ManualClock(NOW))
+    email = build_email(text_only, "a@example.com", make_delivery(), SETTINGS, ManualClock(NOW))
     assert email.get_content_type() == "text/plain"
 
 
 def test_message_id_is_derived_from_the_delivery() -> None:
-    assert message_id_for(delivery("d1"), SETTINGS.email_from) == "<d1@example.com>"
-    assert message_id_for(delivery("d1"), "no address") == "<d1@clarion.invalid>"
-    assert message_id_for(delivery("d1"), SETTINGS.email_from) != message_id_for(
-        delivery("d2"), SETTINGS.email_from
-    )
+    d1, d2 = make_delivery(delivery_id="d1"), make_delivery(delivery_id="d2")
+
+    assert message_id_for(d1, SETTINGS.email_from) == "<d1@example.com>"
+    assert message_id_for(d1, "no address") == "<d1@clarion.invalid>"
+    assert message_id_for(d1, SETTINGS.email_from) != message_id_for(d2, SETTINGS.email_from)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -13,47 +13,21 @@ from services.dispatcher.plan import (
     delivery_id_for,
     plan,
 )
-from shared.contracts import (
-    Incident,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentStatus,
-    Severity,
-    UpdateDue,
+from shared.contracts import Incident
+from tests.support.builders import (
+    T0,
+    make_incident,
+    make_incident_opened,
+    make_incident_resolved,
+    make_resolved_incident,
+    make_update_due,
 )
 
-T0 = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 RECIPIENTS = ("alice@example.com", "bob@example.com")
 
 
-def make_incident(status: IncidentStatus = IncidentStatus.OPEN) -> Incident:
-    return Incident(
-        id="inc-1",
-        key="group-1",
-        source="alertmanager",
-        title="Checkout is failing",
-        impact="Customers cannot place orders.",
-        severity=Severity.CRITICAL,
-        status=status,
-        opened_at=T0,
-        updated_at=T0,
-        resolved_at=T0 + timedelta(hours=1) if status is IncidentStatus.RESOLVED else None,
-    )
-
-
-def make_due(event_id: str = "due-1") -> UpdateDue:
-    return UpdateDue(
-        event_id=event_id,
-        incident_id="inc-1",
-        sequence=1,
-        due_at=T0 + timedelta(minutes=30),
-        emitted_at=T0 + timedelta(minutes=30),
-        next_update_at=T0 + timedelta(hours=1),
-    )
-
-
 def test_one_email_per_recipient_and_one_status_page_post() -> None:
-    event = IncidentOpened(event_id="ev-1", occurred_at=T0, incident=make_incident())
+    event = make_incident_opened(event_id="ev-1", occurred_at=T0)
 
     deliveries = plan(event, None, RECIPIENTS)
 
@@ -68,7 +42,7 @@ def test_one_email_per_recipient_and_one_status_page_post() -> None:
 
 
 def test_keys_and_ids_are_deterministic_and_distinct() -> None:
-    event = IncidentOpened(event_id="ev-1", occurred_at=T0, incident=make_incident())
+    event = make_incident_opened(event_id="ev-1", occurred_at=T0)
 
     first = plan(event, None, RECIPIENTS)
     again = plan(event, None, RECIPIENTS)
@@ -80,7 +54,7 @@ def test_keys_and_ids_are_deterministic_and_distinct() -> None:
 
 
 def test_duplicate_recipients_get_one_email() -> None:
-    event = IncidentOpened(event_id="ev-1", occurred_at=T0, incident=make_incident())
+    event = make_incident_opened(event_id="ev-1", occurred_at=T0)
 
     deliveries = plan(event, None, ("alice@example.com", "alice@example.com"))
 
@@ -88,20 +62,21 @@ def test_duplicate_recipients_get_one_email() -> None:
 
 
 def test_no_recipients_still_posts_to_the_status_page() -> None:
-    event = IncidentOpened(event_id="ev-1", occurred_at=T0, incident=make_incident())
+    event = make_incident_opened(event_id="ev-1", occurred_at=T0)
 
     assert [d.channel for d in plan(event, None, ())] == [STATUS_PAGE]
 
 
 def test_resolution_is_never_suppressed() -> None:
-    resolved = make_incident(IncidentStatus.RESOLVED)
-    event = IncidentResolved(event_id="ev-9", occurred_at=T0, incident=resolved)
+    event = make_incident_resolved(event_id="ev-9", occurred_at=T0)
 
     assert all(not d.suppressed for d in plan(event, None, RECIPIENTS))
 
 
 def test_update_due_for_open_incident_is_sent() -> None:
-    deliveries = plan(make_due(), make_incident(), RECIPIENTS)
+    due = make_update_due(emitted_at=T0 + timedelta(minutes=30))
+
+    deliveries = plan(due, make_incident(), RECIPIENTS)
 
     assert len(deliveries) == 3
     assert all(d.suppressed_reason is None for d in deliveries)
@@ -110,12 +85,12 @@ def test_update_due_for_open_incident_is_sent() -> None:
 
 @pytest.mark.parametrize(
     ("incident", "reason"),
-    [(make_incident(IncidentStatus.RESOLVED), "incident resolved"), (None, "incident not found")],
+    [(make_resolved_incident(), "incident resolved"), (None, "incident not found")],
 )
 def test_update_due_for_closed_or_unknown_incident_is_suppressed(
     incident: Incident | None, reason: str
 ) -> None:
-    deliveries = plan(make_due(), incident, RECIPIENTS)
+    deliveries = plan(make_update_due(), incident, RECIPIENTS)
 
     assert len(deliveries) == 3
     assert {d.suppressed_reason for d in deliveries} == {reason}

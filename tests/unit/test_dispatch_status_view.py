@@ -12,7 +12,8 @@ from services.dispatcher.status_page_store import (
     state_for,
 )
 from services.dispatcher.status_view import build_status_page, status_json, template_values
-from shared.contracts import AlertState, AlertStatus, Incident, IncidentStatus, Severity
+from shared.contracts import AlertStatus, Incident, IncidentStatus, Severity
+from tests.support.builders import make_alert_state, make_incident
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 
@@ -80,20 +81,7 @@ def test_template_values_format_times_in_the_display_zone() -> None:
 
 
 def _incident(status: IncidentStatus, alert_status: AlertStatus) -> Incident:
-    return Incident(
-        id="i",
-        key="k",
-        source="s",
-        title="t",
-        impact="x",
-        severity=Severity.INFO,
-        status=status,
-        opened_at=NOW,
-        updated_at=NOW,
-        alerts=(
-            AlertState(fingerprint="f", status=alert_status, severity=Severity.INFO, summary="s"),
-        ),
-    )
+    return make_incident(status=status, alerts=(make_alert_state(status=alert_status),))
 
 
 def test_page_state_follows_the_incident() -> None:

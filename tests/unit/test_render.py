@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from services.dispatcher.plan import STATUS_PAGE, DispatchEvent
 from services.dispatcher.render import RenderContext, RenderedMessage, render
-from shared.contracts import (
-    AlertState,
-    AlertStatus,
-    Incident,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentSeverityChanged,
-    IncidentStatus,
-    IncidentUpdated,
-    Severity,
-    UpdateDue,
-)
+from shared.contracts import AlertStatus, Incident, Severity, UpdateDue
 from shared.settings import Settings
+from tests.support.builders import (
+    T0,
+    make_alert_state,
+    make_incident,
+    make_incident_opened,
+    make_incident_resolved,
+    make_incident_severity_changed,
+    make_incident_updated,
+    make_resolved_incident,
+    make_update_due,
+)
 
-T0 = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 STATUS_URL = "https://status.example.com/"
 IMPACT = "Customers cannot place orders on the website."
 TIMESTAMP_WITH_ZONE = re.compile(
@@ -45,65 +44,43 @@ CONTEXT = RenderContext(
 )
 
 
-def make_incident(
-    status: IncidentStatus = IncidentStatus.OPEN, summary: str = "HTTP 5xx ratio above 5%"
-) -> Incident:
-    resolved = status is IncidentStatus.RESOLVED
-    return Incident(
-        id="inc-1",
-        key="group-1",
-        source="alertmanager",
-        title="Checkout is failing",
-        service="checkout",
-        impact=IMPACT,
-        severity=Severity.CRITICAL,
-        status=status,
-        opened_at=T0,
-        updated_at=T0 + timedelta(minutes=65) if resolved else T0,
-        resolved_at=T0 + timedelta(minutes=65) if resolved else None,
-        alerts=(
-            AlertState(
-                fingerprint="fp-1",
-                status=AlertStatus.RESOLVED if resolved else AlertStatus.FIRING,
-                severity=Severity.CRITICAL,
-                summary=summary,
-            ),
-        ),
+def checkout_incident(summary: str = "HTTP 5xx ratio above 5%") -> Incident:
+    """The open incident every message here is about."""
+    alert = make_alert_state(summary=summary)
+    return make_incident(service="checkout", impact=IMPACT, alerts=(alert,))
+
+
+def resolved_checkout_incident() -> Incident:
+    """The same incident, resolved 65 minutes after it opened."""
+    alert = make_alert_state(status=AlertStatus.RESOLVED)
+    return make_resolved_incident(
+        resolved_at=T0 + timedelta(minutes=65), service="checkout", impact=IMPACT, alerts=(alert,)
     )
 
 
 def events(incident: Incident) -> dict[str, DispatchEvent]:
-    resolved = make_incident(IncidentStatus.RESOLVED)
     return {
-        "opened": IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident),
-        "updated": IncidentUpdated(
-            event_id="e-2",
+        "opened": make_incident_opened(incident, occurred_at=T0),
+        "updated": make_incident_updated(
+            incident,
             occurred_at=T0 + timedelta(minutes=10),
-            incident=incident,
             changes=("Payments by card are affected too",),
         ),
-        "severity_changed": IncidentSeverityChanged(
-            event_id="e-3",
-            occurred_at=T0 + timedelta(minutes=10),
-            incident=incident,
-            previous_severity=Severity.WARNING,
+        "severity_changed": make_incident_severity_changed(
+            incident, previous_severity=Severity.WARNING, occurred_at=T0 + timedelta(minutes=10)
         ),
-        "update_due": UpdateDue(
-            event_id="e-4",
+        "update_due": make_update_due(
             incident_id=incident.id,
             sequence=3,
             due_at=T0 + timedelta(minutes=90),
-            emitted_at=T0 + timedelta(minutes=90),
             next_update_at=T0 + timedelta(minutes=120),
         ),
-        "resolved": IncidentResolved(
-            event_id="e-5", occurred_at=T0 + timedelta(minutes=65), incident=resolved
-        ),
+        "resolved": make_incident_resolved(resolved_checkout_incident()),
     }
 
 
 def rendered(kind: str, channel: str = "email") -> RenderedMessage:
-    incident = make_incident()
+    incident = checkout_incident()
     event = events(incident)[kind]
     subject_incident = event.incident if not isinstance(event, UpdateDue) else incident
     return render(event, subject_incident, CONTEXT, channel)
@@ -184,9 +161,9 @@ def test_severity_change_says_which_way_in_plain_words() -> None:
     assert "more serious" in worse
     assert "a major outage" in worse
     assert "degraded performance" in worse
-    incident = make_incident().model_copy(update={"severity": Severity.WARNING})
-    better = IncidentSeverityChanged(
-        event_id="e-6", occurred_at=T0, incident=incident, previous_severity=Severity.CRITICAL
+    incident = checkout_incident().model_copy(update={"severity": Severity.WARNING})
+    better = make_incident_severity_changed(
+        incident, previous_severity=Severity.CRITICAL, occurred_at=T0
     )
     assert "impact has lessened" in render(better, incident, CONTEXT).text
 
@@ -199,10 +176,8 @@ def test_technical_details_come_last_and_labelled() -> None:
 
 
 def test_html_escapes_alert_summaries() -> None:
-    incident = make_incident(summary='<script>alert("x")</script>')
-    message = render(
-        IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident), incident, CONTEXT
-    )
+    incident = checkout_incident(summary='<script>alert("x")</script>')
+    message = render(make_incident_opened(incident), incident, CONTEXT)
     assert message.html is not None
     assert "<script>" not in message.html
     assert "&lt;script&gt;" in message.html
@@ -210,12 +185,10 @@ def test_html_escapes_alert_summaries() -> None:
 
 
 def test_html_escapes_title_and_impact() -> None:
-    incident = make_incident().model_copy(
+    incident = checkout_incident().model_copy(
         update={"title": "<b>Checkout</b>", "impact": "Orders & <i>payments</i> fail"}
     )
-    message = render(
-        IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident), incident, CONTEXT
-    )
+    message = render(make_incident_opened(incident), incident, CONTEXT)
     assert message.html is not None
     assert "<b>Checkout</b>" not in message.html
     assert "Orders &amp; &lt;i&gt;payments&lt;/i&gt; fail" in message.html
@@ -223,10 +196,8 @@ def test_html_escapes_title_and_impact() -> None:
 
 
 def test_subject_never_carries_a_line_break() -> None:
-    incident = make_incident().model_copy(update={"title": "Checkout\r\nBcc: x@example.com"})
-    message = render(
-        IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident), incident, CONTEXT
-    )
+    incident = checkout_incident().model_copy(update={"title": "Checkout\r\nBcc: x@example.com"})
+    message = render(make_incident_opened(incident), incident, CONTEXT)
     assert "\n" not in message.subject
     assert "\r" not in message.subject
 
@@ -236,10 +207,8 @@ def test_times_use_the_display_time_zone() -> None:
         _env_file=None, display_timezone="Europe/Berlin", public_status_url=STATUS_URL
     )
     context = RenderContext.from_settings(settings)
-    incident = make_incident()
-    message = render(
-        IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident), incident, context
-    )
+    incident = checkout_incident()
+    message = render(make_incident_opened(incident, occurred_at=T0), incident, context)
     assert "15:30 CET, Mon 23 Nov 2026" in message.text  # the timestamp
     assert "Next update: by 16:00 CET, Mon 23 Nov 2026" in message.text  # +30 min, critical
     assert STATUS_URL in message.text
@@ -254,17 +223,17 @@ def test_status_page_text_is_short_and_has_no_html(kind: str) -> None:
 
 
 def test_resolution_counts_from_when_the_first_alert_started() -> None:
-    resolved = make_incident(IncidentStatus.RESOLVED)
+    resolved = resolved_checkout_incident()
     early_alert = resolved.alerts[0].model_copy(update={"starts_at": T0 - timedelta(minutes=10)})
     incident = resolved.model_copy(update={"alerts": (early_alert,)})
-    event = IncidentResolved(event_id="e-9", occurred_at=T0, incident=incident)
+    event = make_incident_resolved(incident, occurred_at=T0)
     text = render(event, incident, CONTEXT).text
     assert "from 14:20 UTC" in text
     assert "about 1 hour and 15 minutes" in text
 
 
 def test_technical_details_list_each_affected_instance_once() -> None:
-    base = make_incident()
+    base = checkout_incident()
     alerts = tuple(
         base.alerts[0].model_copy(
             update={"fingerprint": f"fp-{i}", "description": f"5xx ratio high on web-{i % 2}"}
@@ -272,7 +241,7 @@ def test_technical_details_list_each_affected_instance_once() -> None:
         for i in range(4)
     )
     incident = base.model_copy(update={"alerts": alerts})
-    event = IncidentOpened(event_id="e-1", occurred_at=T0, incident=incident)
+    event = make_incident_opened(incident)
     text = render(event, incident, CONTEXT).text
     assert text.count("5xx ratio high on web-0") == 1
     assert text.count("5xx ratio high on web-1") == 1

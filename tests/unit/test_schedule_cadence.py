@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -18,17 +18,17 @@ from services.scheduler.cadence import (
     update_event_id,
 )
 from shared.clock import ManualClock
-from shared.contracts import (
-    Incident,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentSeverityChanged,
-    IncidentStatus,
-    IncidentUpdated,
-    Severity,
+from shared.contracts import IncidentOpened, IncidentUpdated, Severity
+from tests.support.builders import (
+    T0,
+    make_incident,
+    make_incident_opened,
+    make_incident_resolved,
+    make_incident_severity_changed,
+    make_incident_updated,
+    make_resolved_incident,
 )
 
-T0 = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
 INTERVALS = {
     Severity.CRITICAL: timedelta(minutes=30),
     Severity.ERROR: timedelta(hours=1),
@@ -41,28 +41,12 @@ def interval_for(severity: Severity) -> timedelta:
     return INTERVALS[severity]
 
 
-def incident(severity: Severity = Severity.ERROR, at: datetime = T0) -> Incident:
-    return Incident(
-        id="inc-1",
-        key="alertmanager:group",
-        source="alertmanager",
-        title="Checkout fails",
-        impact="Customers cannot place orders",
-        severity=severity,
-        status=IncidentStatus.OPEN,
-        opened_at=T0,
-        updated_at=at,
-    )
-
-
 def opened(at: datetime, severity: Severity = Severity.ERROR) -> IncidentOpened:
-    return IncidentOpened(event_id="e-open", occurred_at=at, incident=incident(severity, at))
+    return make_incident_opened(make_incident(severity=severity, updated_at=at), occurred_at=at)
 
 
 def updated(at: datetime, severity: Severity = Severity.ERROR) -> IncidentUpdated:
-    return IncidentUpdated(
-        event_id=f"e-upd-{at.isoformat()}", occurred_at=at, incident=incident(severity, at)
-    )
+    return make_incident_updated(make_incident(severity=severity, updated_at=at), occurred_at=at)
 
 
 def item(sequence: int, basis_at: datetime, severity: Severity = Severity.ERROR) -> ScheduleItem:
@@ -115,11 +99,10 @@ def test_update_moves_due_time_to_the_promised_time_and_keeps_sequence(
 def test_severity_change_uses_the_interval_of_the_new_severity(clock: ManualClock) -> None:
     current = item(2, basis_at=T0, severity=Severity.WARNING)
     clock.advance(timedelta(minutes=10))
-    event = IncidentSeverityChanged(
-        event_id="e-sev",
-        occurred_at=clock.now(),
-        incident=incident(Severity.CRITICAL, clock.now()),
+    event = make_incident_severity_changed(
+        make_incident(severity=Severity.CRITICAL, updated_at=clock.now()),
         previous_severity=Severity.WARNING,
+        occurred_at=clock.now(),
     )
 
     result = apply_event(current, event, interval_for)
@@ -150,8 +133,8 @@ def test_resolved_removes_the_item_even_when_older_than_the_basis(clock: ManualC
     resolved_at = clock.now()
     clock.advance(timedelta(minutes=1))
     current = item(2, basis_at=clock.now())
-    event = IncidentResolved(
-        event_id="e-res", occurred_at=resolved_at, incident=incident(at=resolved_at)
+    event = make_incident_resolved(
+        make_resolved_incident(resolved_at=resolved_at), occurred_at=resolved_at
     )
 
     assert apply_event(current, event, interval_for) is None
