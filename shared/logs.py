@@ -18,9 +18,21 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 from shared.redaction import REDACTED, is_secret_key, redact_value
 
-# Identifiers that look like phone numbers to the masker (Redis entry ids are digits).
+# Identifiers the masker would mistake for phone numbers or addresses (Redis entry
+# ids are digits, Message-IDs look like email addresses, consumer names hold pids).
 _LOG_KEYS_KEPT_AS_IS = frozenset(
-    {"timestamp", "level", "logger", "incident_id", "event_id", "delivery_id", "entry_id"}
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "incident_id",
+        "event_id",
+        "delivery_id",
+        "entry_id",
+        "message_id",
+        "provider_message_id",
+        "consumer",
+    }
 )
 
 

@@ -63,3 +63,17 @@ def test_no_email_address_survives_redaction(address: str, noise: str) -> None:
     local = address.split("@", maxsplit=1)[0]
     redacted = redact_text(f"{noise} {address} {noise}")
     assert address not in redacted or len(local) == 1
+
+
+def test_identifiers_that_look_personal_are_kept() -> None:
+    with structlog.testing.capture_logs(processors=[redact_processor]) as logs:
+        structlog.get_logger().info(
+            "sent",
+            provider_message_id="<e922743c@clarion.invalid>",
+            consumer="host-12345-ab7346",
+            recipient="carol@example.net",
+        )
+    (event,) = logs
+    assert event["provider_message_id"] == "<e922743c@clarion.invalid>"
+    assert event["consumer"] == "host-12345-ab7346"
+    assert event["recipient"] == "c***@example.net"
