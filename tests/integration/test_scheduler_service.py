@@ -16,6 +16,7 @@ from shared.settings import Settings
 from shared.streams import INCIDENT_EVENTS, UPDATES_DUE
 from tests.support.builders import make_incident, make_incident_opened, store_incident
 from tests.support.streams import updates_due, wait_for_entries
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,33 @@ async def test_service_fails_when_its_consumer_group_vanishes(
         stop.set()
         if not service.done():
             await asyncio.wait_for(service, timeout=WAIT_SECONDS)
+
+
+async def test_an_incident_opened_while_the_scheduler_was_down_still_gets_its_updates(
+    redis: Redis, redis_url: str, settings: Settings
+) -> None:
+    # The scheduler has run once (its consumer group exists), then stops.
+    stop = asyncio.Event()
+    first_run = asyncio.create_task(run(settings, stop))
+    await publish_opened(redis, redis_url, "inc-before")
+    await wait_for_entries(redis, UPDATES_DUE, 1, within=WAIT_SECONDS)
+    stop.set()
+    await asyncio.wait_for(first_run, timeout=WAIT_SECONDS)
+
+    # While it is down an incident opens and its first update falls due.
+    await publish_opened(redis, redis_url, "inc-while-down")
+
+    stop = asyncio.Event()
+    second_run = asyncio.create_task(run(settings, stop))
+    try:
+
+        async def fired_for_down_incident() -> bool:
+            return any(d.incident_id == "inc-while-down" for d in await updates_due(redis))
+
+        await eventually(fired_for_down_incident, within=WAIT_SECONDS, what="a late update")
+    finally:
+        stop.set()
+        await asyncio.wait_for(second_run, timeout=WAIT_SECONDS)
+    late = [d for d in await updates_due(redis) if d.incident_id == "inc-while-down"]
+    assert late[0].sequence == 1
+    assert late[0].emitted_at >= late[0].due_at  # late, but not skipped
