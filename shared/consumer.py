@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from shared.errors import PermanentFailure
 from shared.logs import get_logger
+from shared.redis_values import DATA_FIELD, as_text
 from shared.settings import Settings
 from shared.streams import DEAD_LETTERS, last_error_key
 
@@ -58,7 +59,7 @@ async def dead_letter(
         "payload": body.decode("utf-8", errors="replace"),
         "dead_at": datetime.now(UTC).isoformat(),
     }
-    entry_id = await redis.xadd(DEAD_LETTERS, {"__data__": json.dumps(record)})
+    entry_id = await redis.xadd(DEAD_LETTERS, {DATA_FIELD: json.dumps(record)})
     log.error(
         "message.dead_lettered",
         stream=entry.stream,
@@ -68,7 +69,7 @@ async def dead_letter(
         error=error,
         delivery_count=entry.delivery_count,
     )
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return as_text(entry_id)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class GuardedConsumer(Generic[T]):
             return
         if entry.delivery_count > self.max_deliveries:
             last_error = await self.redis.hget(errors_key, entry.entry_id)
-            error = last_error.decode() if isinstance(last_error, bytes) else None
+            error = as_text(last_error) if last_error is not None else None
             await self._give_up(message, body, entry, "max_deliveries_exceeded", error)
             return
         try:
@@ -157,7 +158,9 @@ class GuardedConsumer(Generic[T]):
 def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:
     raw = msg.raw_message
     ids = raw.get("message_ids") or [b""]
-    entry_id = ids[0].decode() if isinstance(ids[0], bytes) else str(ids[0])
-    channel = raw.get("channel", "")
-    stream = channel.decode() if isinstance(channel, bytes) else str(channel)
-    return StreamEntry(stream=stream, group=group, entry_id=entry_id, delivery_count=delivery_count)
+    return StreamEntry(
+        stream=as_text(raw.get("channel", "")),
+        group=group,
+        entry_id=as_text(ids[0]),
+        delivery_count=delivery_count,
+    )

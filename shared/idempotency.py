@@ -12,6 +12,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from shared.redis_values import as_text
 from shared.streams import idempotency_key
 
 DONE: Final = "done"
@@ -48,7 +49,7 @@ class IdempotencyStore:
 
     async def claim(self, key: str, owner: str) -> Claim:
         result = await self._claim(keys=[idempotency_key(key)], args=[owner, self._lease_ms, DONE])
-        return Claim(result.decode() if isinstance(result, bytes) else result)
+        return Claim(as_text(result))
 
     async def complete(self, key: str) -> None:
         await self._redis.set(idempotency_key(key), DONE, ex=self._retention_seconds)

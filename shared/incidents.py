@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from shared.contracts import Incident
+from shared.redis_values import as_text
 from shared.streams import INCIDENTS_BY_TIME, incident_key
 
 
@@ -18,9 +19,5 @@ async def recent_incidents(redis: Redis, limit: int = 50) -> list[Incident]:
     ids = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
     if not ids:
         return []
-    raws = await redis.mget([incident_key(_text(i)) for i in ids])
+    raws = await redis.mget([incident_key(as_text(i)) for i in ids])
     return [Incident.model_validate_json(raw) for raw in raws if raw]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -10,10 +10,10 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from services.dispatcher.redis_values import DATA_FIELD, data_entries
 from shared.contracts import DeliveryRecorded, DeliveryStatus
 from shared.logs import get_logger
 from shared.redaction import mask_recipient, redact_text
+from shared.redis_values import DATA_FIELD, data_entries
 from shared.streams import DELIVERY_LOG
 
 DELIVERY_LOG_MAXLEN: Final = 100_000

@@ -12,7 +12,7 @@ from typing import Final
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from services.dispatcher.redis_values import DATA_FIELD, data_entries
+from shared.redis_values import DATA_FIELD, as_text, data_entries
 from shared.streams import EMAIL_OUTBOX
 
 OUTBOX_MAXLEN: Final = 10_000
@@ -56,7 +56,7 @@ async def queue_email(
         maxlen=OUTBOX_MAXLEN,
         approximate=True,
     )
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return as_text(entry_id)
 
 
 async def read_outbox(redis: Redis, limit: int = 20) -> list[OutboxEmail]:

@@ -16,8 +16,8 @@ from typing import Any, Final
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from services.dispatcher.redis_values import str_keys, text
 from shared.contracts import AlertStatus, Incident, IncidentStatus, Severity
+from shared.redis_values import as_text, str_keys
 from shared.streams import STATUS_PAGE_INDEX, status_page_incident_key
 
 _UPDATE_PREFIX: Final = "update:"
@@ -124,7 +124,7 @@ class StatusPageStore:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for incident_id in ids:
-                pipe.hgetall(status_page_incident_key(text(incident_id)))
+                pipe.hgetall(status_page_incident_key(as_text(incident_id)))
             results = await pipe.execute()
         parsed = (_parse(fields) for fields in results)
         return [incident for incident in parsed if incident is not None]

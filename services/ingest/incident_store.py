@@ -23,6 +23,7 @@ from shared.clock import Clock
 from shared.contracts import Alert, Incident, IncidentStatus
 from shared.errors import RetryableFailure
 from shared.logs import get_logger
+from shared.redis_values import as_text
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key, open_incident_key
 
 MAX_ATTEMPTS: Final = 50
@@ -91,7 +92,7 @@ class IncidentStore:
         raw_id = await pipe.get(open_key)
         if raw_id is None:
             return None
-        incident_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        incident_id = as_text(raw_id)
         key = incident_key(incident_id)
         await pipe.watch(key)
         raw = await pipe.get(key)

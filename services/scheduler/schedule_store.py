@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.scheduler.cadence import ScheduleItem, ceil_ms, floor_ms
 from shared.errors import RetryableFailure
+from shared.redis_values import as_text
 from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS
 
 # KEYS: due zset, items hash. ARGV: now (ms), lease score (ms), limit.
@@ -100,7 +101,7 @@ class ScheduleStore:
         (``None`` deletes). It runs again if another writer got in between.
         """
         for _ in range(_MAX_ATTEMPTS):
-            raw = _text(await self._redis.hget(SCHEDULE_ITEMS, incident_id))
+            raw = _text_or_empty(await self._redis.hget(SCHEDULE_ITEMS, incident_id))
             current = ScheduleItem.from_json(raw) if raw else None
             updated = change(current)
             if updated == current:
@@ -116,7 +117,7 @@ class ScheduleStore:
         flat = await self._claim(
             keys=[SCHEDULE_DUE, SCHEDULE_ITEMS], args=[now_ms, lease_score, limit]
         )
-        values = [_text(v) for v in flat]
+        values = [_text_or_empty(v) for v in flat]
         return [
             Claim(incident_id=member, lease_score=lease_score, raw=raw)
             for member, raw in zip(values[::2], values[1::2], strict=True)
@@ -150,7 +151,5 @@ class ScheduleStore:
         return bool(written)
 
 
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text_or_empty(value: object) -> str:
+    return "" if value is None else as_text(value)

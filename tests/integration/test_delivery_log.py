@@ -8,8 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from services.dispatcher.delivery_log import DeliveryLog
-from services.dispatcher.redis_values import data_entries
 from shared.contracts import DeliveryRecorded, DeliveryStatus
+from shared.redis_values import data_entries
 from shared.streams import DELIVERY_LOG
 
 pytestmark = pytest.mark.integration

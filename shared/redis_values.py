@@ -8,7 +8,7 @@ from typing import Any
 DATA_FIELD = "__data__"
 
 
-def text(value: object) -> str:
+def as_text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -21,13 +21,13 @@ def data_entries(raw: Any) -> list[tuple[str, bytes | str]]:
     for entry_id, fields in raw or ():
         payload = _data(fields) if isinstance(fields, Mapping) else None
         if payload is not None:
-            result.append((text(entry_id), payload))
+            result.append((as_text(entry_id), payload))
     return result
 
 
 def str_keys(fields: Mapping[Any, Any]) -> dict[str, bytes | str]:
     """A hash reply with its keys decoded."""
-    return {text(key): value for key, value in fields.items()}
+    return {as_text(key): value for key, value in fields.items()}
 
 
 def _data(fields: Mapping[Any, Any]) -> bytes | str | None:
