@@ -7,7 +7,8 @@ them in; nothing is global.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,11 +26,18 @@ from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
+from shared.watchdog import watch_subscribers
 
 log = get_logger("clarion.dispatcher")
 
 
-def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    clock: Clock | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The dispatcher app. ``on_fatal`` is called when consuming has stopped for good
+    (a vanished consumer group): the process should then exit and be restarted."""
     the_clock: Clock = clock or SystemClock()
 
     @asynccontextmanager
@@ -54,8 +62,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
                 redis=redis,
                 delivery_log=DeliveryLog(redis),
                 status_pages=StatusPageStore(redis),
+                broker=broker,
             )
             await broker.start()
+            stopping = asyncio.Event()
+            watchdog = asyncio.create_task(_watch(broker, stopping, on_fatal))
             log.info(
                 "dispatcher.started",
                 consumer=settings.consumer_name,
@@ -65,6 +76,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                stopping.set()
+                await watchdog
                 await broker.stop()
                 log.info("dispatcher.stopped", consumer=settings.consumer_name)
         finally:
@@ -75,3 +88,14 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     app.include_router(public)
     app.include_router(ops)
     return app
+
+
+async def _watch(
+    broker: RedisBroker, stopping: asyncio.Event, on_fatal: Callable[[str], None] | None
+) -> None:
+    stopped = await watch_subscribers(broker, stopping)
+    if stopped:
+        reason = f"consumers stopped on {', '.join(stopped)}; the process must restart"
+        log.critical("dispatcher.consumers_stopped", streams=stopped)
+        if on_fatal is not None:
+            on_fatal(reason)

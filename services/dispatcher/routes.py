@@ -21,6 +21,7 @@ from shared.auth import check_bearer
 from shared.contracts import dump
 from shared.http_errors import error_body
 from shared.incidents import recent_incidents
+from shared.watchdog import stopped_subscribers
 
 STATUS_PAGE_SCAN = 100
 
@@ -63,6 +64,10 @@ async def readyz(state: State) -> dict[str, str] | JSONResponse:
         await state.redis.ping()
     except (RedisError, OSError) as exc:
         body = error_body("not_ready", f"redis unavailable: {type(exc).__name__}")
+        return JSONResponse(body, status_code=503)
+    stopped = stopped_subscribers(state.broker)
+    if stopped:
+        body = error_body("not_ready", f"not consuming {', '.join(stopped)}")
         return JSONResponse(body, status_code=503)
     return {"status": "ready"}
 

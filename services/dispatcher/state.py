@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from services.dispatcher.delivery_log import DeliveryLog
@@ -21,6 +22,7 @@ class DispatcherState:
     redis: Redis
     delivery_log: DeliveryLog
     status_pages: StatusPageStore
+    broker: RedisBroker
 
 
 def get_state(request: Request) -> DispatcherState:

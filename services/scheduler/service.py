@@ -16,6 +16,7 @@ from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
 from shared.streams import UPDATES_DUE
+from shared.watchdog import watch_subscribers
 
 log = get_logger("clarion.scheduler")
 
@@ -72,17 +73,9 @@ async def _run_until_stopped(ticker: Ticker, broker: RedisBroker, stop: asyncio.
     ticker_stop = asyncio.Event()
     ticking = asyncio.create_task(ticker.run_forever(ticker_stop))
     try:
-        while not stop.is_set():
-            if any(not sub.running for sub in broker.subscribers):
-                raise SubscriberStopped("a stream subscriber stopped; exiting for a restart")
-            await _wait(stop, seconds=1.0)
+        stopped = await watch_subscribers(broker, stop)
+        if stopped:
+            raise SubscriberStopped(f"subscribers stopped ({', '.join(stopped)}); restart")
     finally:
         ticker_stop.set()
         await ticking
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except TimeoutError:
-        return

@@ -179,3 +179,25 @@ async def test_without_ops_token_ops_endpoints_are_open(
         response = await http.get("/v1/deliveries")
     assert response.status_code == 200
     assert response.json() == []
+
+
+async def test_a_vanished_consumer_group_makes_the_dispatcher_ask_for_a_restart(
+    redis: Redis, settings: Settings
+) -> None:
+    fatal = asyncio.Event()
+    reasons: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        reasons.append(reason)
+        fatal.set()
+
+    app = create_app(settings, ManualClock(NOW), on_fatal=on_fatal)
+    async with running(app, "http://dispatcher") as http:
+        assert (await http.get("/readyz")).status_code == 200
+        await redis.flushdb()  # as after a Redis restart without persistence
+
+        await asyncio.wait_for(fatal.wait(), timeout=15)
+        assert INCIDENT_EVENTS in reasons[0]
+        not_ready = await http.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "not consuming" in not_ready.json()["error"]["message"]
