@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,9 @@ class Up:
         return self.process.returncode, rest.decode()
 
 
-@pytest.fixture
-async def up(tmp_path: Path) -> AsyncIterator[Up]:
+@asynccontextmanager
+async def running_up(tmp_path: Path, *options: str) -> AsyncIterator[Up]:
+    """``clarion up *options`` as a process, once it has printed that it is ready."""
     ingest_port, dispatcher_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
     env.update(
@@ -74,6 +76,7 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
         "-m",
         "services.cli",
         "up",
+        *options,
         cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -95,6 +98,12 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[Up]:
+    async with running_up(tmp_path) as running:
+        yield running
 
 
 async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
@@ -240,3 +249,24 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
     assert "ingest exited with code 3 during startup." in err
     assert "boom: bad configuration" in err
     assert READY_LINE not in capsys.readouterr().out
+
+
+async def test_demo_sends_an_alert_then_resolves_it(tmp_path: Path) -> None:
+    async with running_up(tmp_path, "--demo", "--resolve-after", "1") as up:
+        runtime = json.loads((up.data_dir / RUNTIME_FILE).read_text())
+        redis = Redis.from_url(runtime["redis_url"])
+        try:
+
+            async def opening_and_resolution() -> list[str]:
+                subjects = [e.subject for e in await read_outbox(redis)]
+                resolved = any(s.startswith("Resolved:") for s in subjects)
+                opened = any(s.startswith("Investigating:") for s in subjects)
+                return subjects if resolved and opened else []
+
+            await eventually(opening_and_resolution, within=60, what="the demo's two emails")
+        finally:
+            await redis.aclose()
+        code, rest = await up.stop(signal.SIGINT)
+    assert code == 0, rest
+    assert "Demo: sent a firing alert" in rest
+    assert "Demo: sent the resolved alert" in rest
