@@ -189,9 +189,5 @@ class DeliveryRecorded(Contract):
     recorded_at: AwareDatetime
 
 
-def to_json(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode()
-
-
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")

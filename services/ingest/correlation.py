@@ -54,10 +54,6 @@ class Correlation:
     incident: Incident | None
     events: list[CorrelationEvent] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return self.incident is not None
-
 
 NOTHING = Correlation(incident=None)
 

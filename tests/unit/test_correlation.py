@@ -326,3 +326,39 @@ def test_a_resolved_incident_firing_again_opens_a_new_one() -> None:
     assert [type(e) for e in again.events] == [IncidentOpened]
     assert again.incident is not None
     assert again.incident.id == "inc-7"
+
+
+# -- when it began and ended, as customers are told ----------------------------
+
+
+def test_an_incident_heard_of_late_still_reports_when_the_trouble_began_and_ended() -> None:
+    heard_at = datetime(2026, 11, 23, 15, 15, tzinfo=UTC)  # 45 minutes after the alert started
+    opening = correlate(
+        None, fixture_alerts("alertmanager_webhook_v4_firing.json"), heard_at, lambda: "i"
+    )
+    assert opening.incident is not None
+    assert opening.incident.began_at == datetime(2026, 11, 23, 14, 30, 24, tzinfo=UTC)
+
+    later = datetime(2026, 11, 23, 15, 20, tzinfo=UTC)
+    resolved = correlate(
+        opening.incident,
+        fixture_alerts("alertmanager_webhook_v4_resolved.json"),
+        later,
+        lambda: "x",
+    )
+    assert resolved.incident is not None
+    assert resolved.incident.resolved_at == datetime(2026, 11, 23, 14, 32, 39, tzinfo=UTC)
+
+
+def test_an_end_time_from_the_future_is_not_believed() -> None:
+    start = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
+    opening = correlate(
+        None, fixture_alerts("alertmanager_webhook_v4_firing.json"), start, lambda: "i"
+    )
+    assert opening.incident is not None
+    now = datetime(2026, 11, 23, 14, 32, tzinfo=UTC)  # before the alerts' endsAt (14:32:39)
+    resolved = correlate(
+        opening.incident, fixture_alerts("alertmanager_webhook_v4_resolved.json"), now, lambda: "x"
+    )
+    assert resolved.incident is not None
+    assert resolved.incident.resolved_at == now
