@@ -73,7 +73,7 @@ class Dispatcher:
         """Retries are exhausted: every planned delivery not yet done is recorded DEAD."""
         incident = await self._incident_for(event)
         for delivery in plan(event, incident, self._settings.email_recipients):
-            if await self._idempotency.is_done(delivery.idempotency_key):
+            if await self._idempotency.is_done(delivery.delivery_id):
                 continue
             with bound(
                 incident_id=delivery.incident_id,
@@ -128,7 +128,7 @@ class Dispatcher:
     async def _deliver(
         self, delivery: Delivery, message: RenderedMessage | None, attempt: int
     ) -> _Result:
-        key = delivery.idempotency_key
+        key = delivery.delivery_id  # the hash of the idempotency key: no address in Redis keys
         owner = self._settings.consumer_name
         claim = await self._idempotency.claim(key, owner)
         if claim is Claim.DONE:

@@ -93,6 +93,10 @@ async def test_same_event_twice_sends_exactly_one_email_per_recipient(
     await dispatcher.handle_incident_event(OPENED, attempt=2)
 
     assert len(smtp_server.mailbox.messages) == 2
+    # What dedup remembers names no recipient: its keys are hashes.
+    keys = [key.decode() async for key in redis.scan_iter("clarion:idempotency:*")]
+    assert len(keys) == 3
+    assert not [key for key in keys if "@" in key]
     assert len(await log_of(redis)) == 3
     page = await StatusPageStore(redis).get("inc-1")
     assert page is not None
@@ -155,7 +159,7 @@ async def test_delivery_claimed_elsewhere_is_retried_later(
     dispatcher = dispatcher_for(redis, make_settings, smtp_server)
     bob = next(d for d in plan(OPENED, None, (ALICE, BOB)) if d.recipient == BOB)
     other = IdempotencyStore(redis, lease_ms=60_000, retention_seconds=60)
-    await other.claim(bob.idempotency_key, "another-instance")
+    await other.claim(bob.delivery_id, "another-instance")
 
     with pytest.raises(RetryableFailure):
         await dispatcher.handle_incident_event(OPENED, attempt=1)
