@@ -34,6 +34,21 @@ class Severity(StrEnum):
         """0 for the most severe."""
         return list(Severity).index(self)
 
+    @property
+    def sev(self) -> str:
+        """The incident-management name: SEV1 (critical) to SEV4 (info)."""
+        return f"SEV{self.rank + 1}"
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        """``"SEV1"``..``"SEV4"`` or a value (``"critical"``), in any case."""
+        word = text.strip().lower()
+        for severity in cls:
+            if word in (severity.value, severity.sev.lower()):
+                return severity
+        names = ", ".join(f"{s.sev}/{s.value}" for s in cls)
+        raise ValueError(f"unknown severity {text!r}; expected one of {names}")
+
 
 def most_severe(severities: list[Severity]) -> Severity:
     """The highest of ``severities`` (INFO when empty)."""
@@ -46,8 +61,32 @@ class AlertStatus(StrEnum):
 
 
 class IncidentStatus(StrEnum):
-    OPEN = "open"
+    """Where an incident stands, in the words of public status pages."""
+
+    INVESTIGATING = "investigating"  # something is wrong; nobody has said why yet
+    IDENTIFIED = "identified"  # a human acknowledged it (or named the cause)
+    MONITORING = "monitoring"  # every alert recovered; held before "resolved"
     RESOLVED = "resolved"
+
+    @property
+    def is_open(self) -> bool:
+        return self is not IncidentStatus.RESOLVED
+
+
+class UpdateAuthor(StrEnum):
+    """Who said it: monitoring (automatic) or an operator (a human)."""
+
+    MONITORING = "monitoring"
+    OPERATOR = "operator"
+
+
+class TimelineEntry(Contract):
+    """One step of an incident's public story."""
+
+    at: AwareDatetime
+    status: IncidentStatus
+    message: str
+    author: UpdateAuthor = UpdateAuthor.MONITORING
 
 
 class Alert(Contract):
@@ -101,6 +140,17 @@ class Incident(Contract):
     alerts: tuple[AlertState, ...] = ()
     truncated_alerts: int = 0
     external_url: str | None = None
+    revision: int = Field(default=1, ge=1)  # +1 with every stored change; event ids use it
+    acknowledged_at: AwareDatetime | None = None
+    acknowledged_by: str | None = None
+    monitoring_since: AwareDatetime | None = None
+    components: tuple[str, ...] = ()
+    headline_by_operator: bool = False  # an operator's title/impact beat the alerts' words
+    timeline: tuple[TimelineEntry, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.status.is_open
 
     @property
     def firing_alerts(self) -> tuple[AlertState, ...]:
@@ -130,6 +180,8 @@ class IncidentOpened(_IncidentEventBase):
 class IncidentUpdated(_IncidentEventBase):
     type: Literal["incident.updated"] = "incident.updated"
     changes: tuple[str, ...] = ()
+    author: UpdateAuthor = UpdateAuthor.MONITORING
+    message: str | None = None  # an operator's own words, when an operator posted it
 
 
 class IncidentSeverityChanged(_IncidentEventBase):
@@ -146,6 +198,23 @@ IncidentEvent = Annotated[
     Field(discriminator="type"),
 ]
 INCIDENT_EVENT: TypeAdapter[IncidentEvent] = TypeAdapter(IncidentEvent)
+
+
+def incident_event_id(incident_id: str, revision: int, event_type: str) -> str:
+    """Deterministic: the same change of the same incident always has the same id."""
+    return f"{incident_id}:{revision}:{event_type}"
+
+
+class ResolutionDue(Contract):
+    """The scheduler's word that an incident's "monitoring" hold is over."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["incident.resolution_due"] = "incident.resolution_due"
+    event_id: str
+    incident_id: str
+    monitoring_since: AwareDatetime
+    due_at: AwareDatetime
+    emitted_at: AwareDatetime
 
 
 class UpdateDue(Contract):

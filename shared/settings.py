@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contracts import Severity
@@ -32,6 +32,23 @@ def _parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+def _parse_severity(value: object) -> object:
+    return Severity.parse(value) if isinstance(value, str) else value
+
+
+SeverityName = Annotated[Severity, BeforeValidator(_parse_severity)]
+"""A severity written as ``SEV1``..``SEV4`` or ``critical``/``error``/``warning``/``info``."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+CommaSeparated = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_csv)]
 
 
 def _default_consumer_name() -> str:
@@ -63,6 +80,32 @@ class Settings(BaseSettings):
     ingest_token: SecretStr | None = None
     ops_token: SecretStr | None = None
 
+    # Ingest: per-source credentials (each adds to CLARION_INGEST_TOKEN)
+    alertmanager_token: SecretStr | None = None
+    alertmanager_basic_auth: SecretStr | None = None
+    grafana_token: SecretStr | None = None
+    grafana_basic_auth: SecretStr | None = None
+    grafana_hmac_secret: SecretStr | None = None
+    datadog_token: SecretStr | None = None
+    datadog_basic_auth: SecretStr | None = None
+    generic_token: SecretStr | None = None
+    generic_basic_auth: SecretStr | None = None
+    generic_webhook_secret: SecretStr | None = None
+    pagerduty_routing_keys: CommaSeparated = ()
+    sns_basic_auth: SecretStr | None = None
+    sns_topic_arns: CommaSeparated = ()
+    sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    sns_confirm_subscriptions: bool = True
+
+    # Ingest: limits, grouping, severity
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_alerts_per_request: int = Field(default=1000, ge=1)
+    ingest_rate_limit: str = "100/second"
+    rejection_sample_size: int = Field(default=100, ge=0)
+    group_by: CommaSeparated = ()
+    severity_map: dict[str, dict[str, SeverityName]] = Field(default_factory=dict)
+    resolve_hold: Duration = timedelta(minutes=5)
+
     # Communication plan (the cadence of updates, per severity)
     update_interval_critical: Duration = timedelta(minutes=30)
     update_interval_error: Duration = timedelta(hours=1)
@@ -80,7 +123,7 @@ class Settings(BaseSettings):
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 30.0
     email_from: str = "Clarion <status@clarion.invalid>"
-    email_recipients: Annotated[tuple[str, ...], NoDecode] = ()
+    email_recipients: CommaSeparated = ()
 
     # Consumers
     consumer_name: str = Field(default_factory=_default_consumer_name)
@@ -98,13 +141,6 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-
-    @field_validator("email_recipients", mode="before")
-    @classmethod
-    def _split_recipients(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
 
     def update_interval(self, severity: Severity) -> timedelta:
         """How often an open incident of ``severity`` gets an update."""

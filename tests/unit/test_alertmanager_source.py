@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.ingest.severity import configured
 from services.ingest.sources.alertmanager import (
-    DEFAULT_SEVERITY,
-    SEVERITY_MAP,
+    SEVERITIES,
     AlertmanagerWebhook,
     group_key_of,
     parse,
@@ -137,7 +137,7 @@ def test_empty_alert_list_is_rejected() -> None:
         (" Info ", Severity.INFO),
         ("low", Severity.INFO),
         ("none", Severity.INFO),
-        ("something-else", DEFAULT_SEVERITY),
+        ("something-else", Severity.WARNING),
     ],
 )
 def test_severity_labels_map_to_clarion_severities(label: str, expected: Severity) -> None:
@@ -146,7 +146,6 @@ def test_severity_labels_map_to_clarion_severities(label: str, expected: Severit
 
 def test_missing_severity_label_defaults_to_warning() -> None:
     assert severity_of({}) is Severity.WARNING
-    assert DEFAULT_SEVERITY is Severity.WARNING
 
 
 def test_priority_label_is_a_fallback_for_severity() -> None:
@@ -155,7 +154,15 @@ def test_priority_label_is_a_fallback_for_severity() -> None:
 
 def test_severity_map_cannot_be_changed_at_runtime() -> None:
     with pytest.raises(TypeError):
-        SEVERITY_MAP["critical"] = Severity.INFO  # type: ignore[index]
+        SEVERITIES.words["critical"] = Severity.INFO  # type: ignore[index]
+
+
+def test_operator_overrides_win_for_their_source_and_for_all_sources() -> None:
+    overrides = {"*": {"p3": Severity.ERROR}, "alertmanager": {"Warning": Severity.CRITICAL}}
+    severities = configured("alertmanager", SEVERITIES, overrides)
+    assert severity_of({"severity": "warning"}, severities) is Severity.CRITICAL
+    assert severity_of({"severity": "p3"}, severities) is Severity.ERROR
+    assert configured("grafana", SEVERITIES, overrides).of("warning") is Severity.WARNING
 
 
 def test_summary_falls_back_to_alertname_and_service_to_job() -> None:

@@ -9,54 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from services.ingest.severity import SeverityMap
 from shared.contracts import Alert, AlertStatus, Severity
 
 SOURCE: Final = "alertmanager"
 
-# Values seen in the ``severity`` (or ``priority``) label of real rule sets.
-SEVERITY_MAP: Final[Mapping[str, Severity]] = MappingProxyType(
-    {
-        "critical": Severity.CRITICAL,
-        "crit": Severity.CRITICAL,
-        "page": Severity.CRITICAL,
-        "emergency": Severity.CRITICAL,
-        "fatal": Severity.CRITICAL,
-        "disaster": Severity.CRITICAL,
-        "p1": Severity.CRITICAL,
-        "sev1": Severity.CRITICAL,
-        "high": Severity.ERROR,
-        "error": Severity.ERROR,
-        "err": Severity.ERROR,
-        "major": Severity.ERROR,
-        "severe": Severity.ERROR,
-        "p2": Severity.ERROR,
-        "sev2": Severity.ERROR,
-        "warning": Severity.WARNING,
-        "warn": Severity.WARNING,
-        "minor": Severity.WARNING,
-        "medium": Severity.WARNING,
-        "average": Severity.WARNING,
-        "p3": Severity.WARNING,
-        "sev3": Severity.WARNING,
-        "info": Severity.INFO,
-        "informational": Severity.INFO,
-        "notice": Severity.INFO,
-        "low": Severity.INFO,
-        "none": Severity.INFO,
-        "ok": Severity.INFO,
-        "debug": Severity.INFO,
-        "p4": Severity.INFO,
-        "p5": Severity.INFO,
-        "sev4": Severity.INFO,
-        "sev5": Severity.INFO,
-    }
-)
-DEFAULT_SEVERITY: Final = Severity.WARNING
+# Rule sets put these words in the ``severity`` (or ``priority``) label.
+SEVERITIES: Final = SeverityMap()
 
 # Go's zero time: Alertmanager's way of saying "not set" (endsAt of a firing alert).
 _GO_ZERO_TIME_PREFIX: Final = "0001-01-01"
@@ -101,10 +64,9 @@ class AlertmanagerWebhook(BaseModel):
     alerts: list[AlertmanagerAlert] = Field(min_length=1)
 
 
-def severity_of(labels: Mapping[str, str]) -> Severity:
-    """The severity named by the ``severity`` (else ``priority``) label; WARNING if unknown."""
-    raw = labels.get("severity") or labels.get("priority") or ""
-    return SEVERITY_MAP.get(raw.strip().lower(), DEFAULT_SEVERITY)
+def severity_of(labels: Mapping[str, str], severities: SeverityMap = SEVERITIES) -> Severity:
+    """The severity named by the ``severity`` (else ``priority``) label."""
+    return severities.of(labels.get("severity") or labels.get("priority"))
 
 
 def group_key_of(payload: AlertmanagerWebhook) -> str:
@@ -129,7 +91,7 @@ def _impact(annotations: Mapping[str, str]) -> str | None:
     return None
 
 
-def _to_alert(alert: AlertmanagerAlert, group_key: str) -> Alert:
+def _to_alert(alert: AlertmanagerAlert, group_key: str, severities: SeverityMap) -> Alert:
     labels, annotations = alert.labels, alert.annotations
     summary = (
         annotations.get("summary", "").strip()
@@ -141,7 +103,7 @@ def _to_alert(alert: AlertmanagerAlert, group_key: str) -> Alert:
         group_key=group_key,
         fingerprint=_fingerprint(alert),
         status=alert.status,
-        severity=severity_of(labels),
+        severity=severity_of(labels, severities),
         summary=summary,
         description=annotations.get("description", "").strip(),
         service=labels.get("service") or labels.get("job") or None,
@@ -154,7 +116,7 @@ def _to_alert(alert: AlertmanagerAlert, group_key: str) -> Alert:
     )
 
 
-def parse(payload: AlertmanagerWebhook) -> list[Alert]:
+def parse(payload: AlertmanagerWebhook, severities: SeverityMap = SEVERITIES) -> list[Alert]:
     """Every alert of the webhook, normalized, in payload order."""
     group_key = group_key_of(payload)
-    return [_to_alert(alert, group_key) for alert in payload.alerts]
+    return [_to_alert(alert, group_key, severities) for alert in payload.alerts]
