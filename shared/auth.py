@@ -1,4 +1,4 @@
-"""Bearer-token checks (webhooks, ops API), compared in constant time."""
+"""Credential checks (webhooks, ops API), compared in constant time."""
 
 from __future__ import annotations
 
@@ -9,6 +9,21 @@ from pydantic import SecretStr
 from shared.errors import Unauthorized
 
 
+def secret_equals(presented: str | bytes, expected: str | bytes) -> bool:
+    """Whether two secrets are equal, in time that does not depend on where they differ."""
+    if isinstance(presented, str):
+        presented = presented.encode()
+    if isinstance(expected, str):
+        expected = expected.encode()
+    return hmac.compare_digest(presented, expected)
+
+
+def parse_authorization(authorization: str | None) -> tuple[str, str]:
+    """``"Bearer abc"`` -> ``("bearer", "abc")``; a missing header gives ``("", "")``."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    return scheme.lower(), credentials.strip()
+
+
 def check_bearer(authorization: str | None, token: SecretStr | None) -> None:
     """Raise :class:`Unauthorized` unless ``authorization`` carries ``token``.
 
@@ -16,9 +31,8 @@ def check_bearer(authorization: str | None, token: SecretStr | None) -> None:
     """
     if token is None:
         return
-    scheme, _, credentials = (authorization or "").strip().partition(" ")
-    expected = token.get_secret_value().encode()
+    scheme, credentials = parse_authorization(authorization)
     # Compare even when the scheme is wrong, so timing says nothing about which part failed.
-    matches = hmac.compare_digest(credentials.strip().encode(), expected)
-    if scheme.lower() != "bearer" or not matches:
+    matches = secret_equals(credentials, token.get_secret_value())
+    if scheme != "bearer" or not matches:
         raise Unauthorized("missing or wrong bearer token")

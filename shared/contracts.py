@@ -144,6 +144,7 @@ class Incident(Contract):
     acknowledged_at: AwareDatetime | None = None
     acknowledged_by: str | None = None
     monitoring_since: AwareDatetime | None = None
+    resolves_at: AwareDatetime | None = None  # the end of the "monitoring" hold, when armed
     components: tuple[str, ...] = ()
     headline_by_operator: bool = False  # an operator's title/impact beat the alerts' words
     timeline: tuple[TimelineEntry, ...] = ()

@@ -1,8 +1,13 @@
 """Every exception type Clarion raises on purpose, in one tree.
 
 ClarionError
-├── InvalidPayload        bad input from outside: answered with a 4xx naming the field
-├── Unauthorized          missing or wrong credentials: answered with a 401
+├── InvalidPayload        bad input from outside: answered with a 422 naming the field
+├── MalformedBody         a body that is not JSON at all: answered with a 400
+├── BodyTooLarge          a body over the size limit: answered with a 413
+├── Unauthorized          missing or wrong credentials: a 401 (other credentials may work)
+├── Forbidden             refused whatever the credentials: a 403 (e.g. a remote client
+│                         while ingest is loopback-only)
+├── RateLimited           too many requests from one source: a 429 with Retry-After
 ├── PermanentFailure      retrying cannot help: the message goes to the dead-letter stream
 └── RetryableFailure      may work later: the message stays pending and is reclaimed
 """
@@ -10,6 +15,9 @@ ClarionError
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+BEARER_CHALLENGE: Final = "Bearer"
 
 
 class ClarionError(Exception):
@@ -37,7 +45,30 @@ class BodyTooLarge(ClarionError):
 
 
 class Unauthorized(ClarionError):
+    """``challenges`` become the ``WWW-Authenticate`` header of the 401."""
+
+    def __init__(
+        self,
+        message: str = "missing or wrong credentials",
+        *,
+        challenges: tuple[str, ...] = (BEARER_CHALLENGE,),
+    ) -> None:
+        self.challenges = challenges
+        super().__init__(message)
+
+
+class Forbidden(ClarionError):
     pass
+
+
+class RateLimited(ClarionError):
+    """``retry_after_seconds`` (at least 1) becomes the ``Retry-After`` header of the 429."""
+
+    def __init__(self, retry_after_seconds: int, message: str | None = None) -> None:
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+        super().__init__(
+            message or f"too many requests; retry after {self.retry_after_seconds} s"
+        )
 
 
 class PermanentFailure(ClarionError):

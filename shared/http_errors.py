@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +14,34 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import BodyTooLarge, FieldError, InvalidPayload, MalformedBody, Unauthorized
+from shared.errors import (
+    BodyTooLarge,
+    ClarionError,
+    FieldError,
+    Forbidden,
+    InvalidPayload,
+    MalformedBody,
+    RateLimited,
+    Unauthorized,
+)
+
+# The client errors Clarion answers on purpose: (HTTP status, error code).
+CLIENT_ERRORS: Final[dict[type[ClarionError], tuple[int, str]]] = {
+    InvalidPayload: (422, "invalid_payload"),
+    MalformedBody: (400, "invalid_json"),
+    BodyTooLarge: (413, "payload_too_large"),
+    Unauthorized: (401, "unauthorized"),
+    Forbidden: (403, "forbidden"),
+    RateLimited: (429, "rate_limited"),
+}
+
+
+def client_error(exc: BaseException) -> tuple[int, str] | None:
+    """The (status, code) Clarion answers ``exc`` with, or None if it is not a client error."""
+    for kind, answer in CLIENT_ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
 
 
 def error_body(code: str, message: str, fields: list[FieldError] | None = None) -> dict[str, Any]:
@@ -61,7 +88,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("unauthorized", str(exc) or "missing or wrong credentials"),
             401,
-            headers={"WWW-Authenticate": "Bearer"},
+            headers={"WWW-Authenticate": ", ".join(exc.challenges)},
+        )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse(error_body("forbidden", str(exc) or "the request is refused"), 403)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            error_body("rate_limited", str(exc)),
+            429,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from shared.contracts import Incident, IncidentEvent, IncidentStatus, UpdateDue
+from shared.contracts import Incident, IncidentEvent, UpdateDue
 
 EMAIL: Final = "email"
 STATUS_PAGE: Final = "status_page"
@@ -64,7 +64,7 @@ def suppression_reason(event: DispatchEvent, incident: Incident | None) -> str |
         return None
     if incident is None:
         return SUPPRESSED_UNKNOWN
-    if incident.status is not IncidentStatus.OPEN:
+    if not incident.is_open:
         return SUPPRESSED_RESOLVED
     return None
 

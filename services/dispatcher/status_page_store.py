@@ -10,13 +10,12 @@ by their last change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from shared.contracts import AlertStatus, Incident, IncidentStatus, Severity
+from shared.contracts import Incident, IncidentStatus, Severity
 from shared.redis_values import as_text, str_keys
 from shared.streams import STATUS_PAGE_INDEX, status_page_incident_key
 
@@ -33,18 +32,12 @@ return created
 """
 
 
-class PageState(StrEnum):
-    INVESTIGATING = "investigating"
-    MONITORING = "monitoring"
-    RESOLVED = "resolved"
-
-
 class StatusPageUpdate(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
     posted_at: AwareDatetime
-    state: PageState
+    state: IncidentStatus
     headline: str
     body: str
 
@@ -57,7 +50,7 @@ class StatusPageIncident(BaseModel):
     impact: str
     service: str | None = None
     severity: Severity
-    state: PageState
+    state: IncidentStatus
     opened_at: AwareDatetime
     updated_at: AwareDatetime
     resolved_at: AwareDatetime | None = None
@@ -65,16 +58,12 @@ class StatusPageIncident(BaseModel):
 
     @property
     def is_open(self) -> bool:
-        return self.state is not PageState.RESOLVED
+        return self.state is not IncidentStatus.RESOLVED
 
 
-def state_for(incident: Incident) -> PageState:
-    """Resolved when resolved; monitoring when every alert recovered but it is still open."""
-    if incident.status is IncidentStatus.RESOLVED:
-        return PageState.RESOLVED
-    if incident.alerts and all(a.status is AlertStatus.RESOLVED for a in incident.alerts):
-        return PageState.MONITORING
-    return PageState.INVESTIGATING
+def state_for(incident: Incident) -> IncidentStatus:
+    """What the page shows: the incident's own status."""
+    return incident.status
 
 
 def summary_of(incident: Incident) -> StatusPageIncident:

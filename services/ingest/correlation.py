@@ -1,19 +1,23 @@
 """Correlation: how a batch of alerts changes an incident, as a pure function.
 
-One alert group (one Alertmanager group, for instance) is one incident. Given
-the group's open incident (or None) and a batch of alerts, :func:`correlate`
-returns the incident's next state and the events that announce the change.
-It does no I/O: the store decides how the result lands in Redis.
+One alert group (one Alertmanager group, one PagerDuty dedup key, ...) is one
+incident. Given the group's open incident (or None) and a batch of alerts,
+:func:`correlate` returns the incident's next state and the events that
+announce the change. It does no I/O: the store decides how the result lands.
 
 Rules:
 
-* no open incident and at least one firing alert: a new incident opens;
+* no open incident and at least one firing alert: a new incident opens
+  ("investigating");
 * no open incident and only resolved alerts: nothing happens;
 * an open incident merges the batch by fingerprint. Alerts joining or
-  recovering while others still fire give an ``IncidentUpdated`` with plain
+  recovering while others still fire give an ``IncidentUpdated`` in plain
   words; a change of the highest firing severity gives an
-  ``IncidentSeverityChanged``; when no alert fires any more the incident
-  resolves;
+  ``IncidentSeverityChanged``;
+* when no alert fires any more the incident enters "monitoring" and holds for
+  ``hold`` (the scheduler ends the hold, see :mod:`services.ingest.incident_actions`).
+  With no hold it resolves at once. An alert firing again during the hold keeps
+  the same incident: flapping is one incident, not many;
 * a pure repeat (same statuses, same severity) gives no event and leaves
   ``updated_at`` alone, so a resent webhook changes nothing. Changed details
   (descriptions, labels) are kept quietly, without an event.
@@ -21,41 +25,26 @@ Rules:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from services.ingest.incident_change import NOTHING, Announcement, Correlation, commit, opening
 from shared.contracts import (
     Alert,
     AlertState,
     AlertStatus,
     Incident,
-    IncidentOpened,
-    IncidentResolved,
-    IncidentSeverityChanged,
     IncidentStatus,
-    IncidentUpdated,
     Severity,
     most_severe,
 )
 
-CorrelationEvent = IncidentOpened | IncidentUpdated | IncidentSeverityChanged | IncidentResolved
+__all__ = ["Correlation", "correlate", "derived_impact"]
 
-
-def new_event_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """The outcome of one batch: the state to store (None: store nothing) and its events."""
-
-    incident: Incident | None
-    events: list[CorrelationEvent] = field(default_factory=list)
-
-
-NOTHING = Correlation(incident=None)
+MONITORING_STARTED = (
+    "Every affected instance has recovered. We are monitoring to make sure it stays that way."
+)
 
 
 def derived_impact(service: str | None) -> str:
@@ -73,12 +62,14 @@ def correlate(
     *,
     truncated: int = 0,
     external_url: str | None = None,
-    event_id: Callable[[], str] = new_event_id,
+    hold: timedelta = timedelta(0),
 ) -> Correlation:
     """Apply one batch of alerts (all of one group) to the group's open incident.
 
     ``truncated`` is how many alerts the source left out of the batch, and
-    ``external_url`` where the source shows the group; both are kept on the incident.
+    ``external_url`` where the source shows the group; both are kept on the
+    incident. ``hold`` is how long the incident stays "monitoring" once every
+    alert has recovered.
     """
     if not alerts:
         return NOTHING
@@ -90,9 +81,9 @@ def correlate(
         now=now,
         truncated=truncated,
         external_url=external_url,
-        event_id=event_id,
+        hold=hold,
     )
-    if current is None or current.status is IncidentStatus.RESOLVED:
+    if current is None or not current.is_open:
         return _open(batch, new_incident_id)
     return _evolve(current, batch)
 
@@ -103,7 +94,7 @@ class _Batch:
     now: datetime
     truncated: int
     external_url: str | None
-    event_id: Callable[[], str]
+    hold: timedelta
 
 
 def _open(batch: _Batch, new_incident_id: Callable[[], str]) -> Correlation:
@@ -112,28 +103,27 @@ def _open(batch: _Batch, new_incident_id: Callable[[], str]) -> Correlation:
     if not firing:
         return NOTHING
     lead = _most_severe_first(firing)[0]
-    incident = Incident(
-        id=new_incident_id(),
-        key=lead.group_key,
-        source=lead.source,
-        title=lead.summary,
-        service=lead.service,
-        impact=_impact(lead, firing),
-        severity=lead.severity,
-        status=IncidentStatus.OPEN,
-        opened_at=now,
-        updated_at=now,
-        alerts=tuple(_state(a) for a in incoming.values()),
-        truncated_alerts=batch.truncated,
-        external_url=batch.external_url,
-    )
-    return Correlation(
-        incident, [IncidentOpened(event_id=batch.event_id(), occurred_at=now, incident=incident)]
+    return opening(
+        Incident(
+            id=new_incident_id(),
+            key=lead.group_key,
+            source=lead.source,
+            title=lead.summary,
+            service=lead.service,
+            impact=_impact(lead, firing),
+            severity=lead.severity,
+            status=IncidentStatus.INVESTIGATING,
+            opened_at=now,
+            updated_at=now,
+            alerts=tuple(_state(a) for a in incoming.values()),
+            truncated_alerts=batch.truncated,
+            external_url=batch.external_url,
+        )
     )
 
 
 def _evolve(current: Incident, batch: _Batch) -> Correlation:
-    incoming, now, event_id = batch.incoming, batch.now, batch.event_id
+    incoming, now = batch.incoming, batch.now
     merged = {state.fingerprint: state for state in current.alerts}
     merged.update((fp, _state(alert)) for fp, alert in incoming.items())
     before = {s.fingerprint for s in current.firing_alerts}
@@ -143,45 +133,57 @@ def _evolve(current: Incident, batch: _Batch) -> Correlation:
         "truncated_alerts": batch.truncated,
         "external_url": batch.external_url or current.external_url,
     }
-
     if not after:
-        resolved = current.model_copy(
-            update={
-                **details,
-                "status": IncidentStatus.RESOLVED,
-                "updated_at": now,
-                "resolved_at": _resolved_at(current, merged.values(), now),
-            }
-        )
-        event = IncidentResolved(event_id=event_id(), occurred_at=now, incident=resolved)
-        return Correlation(resolved, [event])
+        return _all_recovered(current, batch, details, merged.values())
 
     severity = most_severe([merged[fp].severity for fp in after])
-    changes = _membership_changes(joined=after - before, recovered=before - after, now_firing=after)
-    firing_states = [merged[fp] for fp in merged if fp in after]
-    details.update(_headline(current, firing_states, incoming, severity))
+    if current.resolves_at is not None:
+        # Back during the hold: the same incident goes back to work.
+        changes = [f"The problem is back: {_count(len(after), 'affected instance')}."]
+        details.update(
+            status=IncidentStatus.IDENTIFIED
+            if current.acknowledged_at
+            else IncidentStatus.INVESTIGATING,
+            monitoring_since=None,
+            resolves_at=None,
+        )
+    else:
+        changes = _membership_changes(
+            joined=after - before, recovered=before - after, now_firing=after
+        )
+    if not current.headline_by_operator:
+        firing_states = [merged[fp] for fp in merged if fp in after]
+        details.update(_headline(current, firing_states, incoming, severity))
     if not changes and severity is current.severity:
         quiet = current.model_copy(update=details)
         return NOTHING if quiet == current else Correlation(quiet)
+    return commit(
+        current,
+        now,
+        {**details, "severity": severity},
+        announce=Announcement(tuple(changes)) if changes else None,
+        previous_severity=current.severity,
+    )
 
-    updated = current.model_copy(update={**details, "severity": severity, "updated_at": now})
-    events: list[CorrelationEvent] = []
-    if changes:
-        events.append(
-            IncidentUpdated(
-                event_id=event_id(), occurred_at=now, incident=updated, changes=tuple(changes)
-            )
-        )
-    if severity is not current.severity:
-        events.append(
-            IncidentSeverityChanged(
-                event_id=event_id(),
-                occurred_at=now,
-                incident=updated,
-                previous_severity=current.severity,
-            )
-        )
-    return Correlation(updated, events)
+
+def _all_recovered(
+    current: Incident, batch: _Batch, details: dict[str, object], states: Iterable[AlertState]
+) -> Correlation:
+    now = batch.now
+    if current.resolves_at is not None:  # already holding: nothing new to say
+        quiet = current.model_copy(update=details)
+        return NOTHING if quiet == current else Correlation(quiet)
+    if batch.hold <= timedelta(0):
+        recovered = {**details, "status": IncidentStatus.RESOLVED}
+        recovered["resolved_at"] = _resolved_at(current, states, now)
+        return commit(current, now, recovered, resolved=True)
+    holding = {
+        **details,
+        "status": IncidentStatus.MONITORING,
+        "monitoring_since": now,
+        "resolves_at": now + batch.hold,
+    }
+    return commit(current, now, holding, announce=Announcement((MONITORING_STARTED,)))
 
 
 def _headline(

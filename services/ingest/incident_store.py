@@ -10,7 +10,9 @@ instances retry instead of splitting or doubling an incident.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 from faststream.redis import RedisBroker
@@ -18,10 +20,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from services.ingest.correlation import Correlation, correlate
+from services.ingest.correlation import correlate
+from services.ingest.incident_change import Correlation
 from shared.clock import Clock
-from shared.contracts import Alert, Incident, IncidentStatus
-from shared.errors import RetryableFailure
+from shared.contracts import Alert, Incident
+from shared.errors import ClarionError, RetryableFailure
 from shared.logs import get_logger
 from shared.redis_values import as_text
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key, open_incident_key
@@ -30,14 +33,22 @@ MAX_ATTEMPTS: Final = 50
 
 log = get_logger("clarion.ingest.store")
 
+IncidentAction = Callable[[Incident, datetime], Correlation]
+"""A change to one incident at a moment (see :mod:`services.ingest.incident_actions`)."""
+
+
+class IncidentNotFound(ClarionError):
+    """No incident has that id (answered with a 404)."""
+
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What one batch did: the incident it touched, the events it caused."""
+    """What one change did: the incident it touched, the events it caused."""
 
     incident_id: str | None
     events: list[str]
     duplicate: bool
+    incident: Incident | None = None
 
 
 def new_incident_id() -> str:
@@ -45,10 +56,13 @@ def new_incident_id() -> str:
 
 
 class IncidentStore:
-    def __init__(self, redis: Redis, broker: RedisBroker, clock: Clock) -> None:
+    def __init__(
+        self, redis: Redis, broker: RedisBroker, clock: Clock, hold: timedelta = timedelta(0)
+    ) -> None:
         self._redis = redis
         self._broker = broker
         self._clock = clock
+        self._hold = hold
 
     async def apply(
         self,
@@ -63,54 +77,95 @@ class IncidentStore:
         :class:`RetryableFailure` when other writers keep winning the race, and
         redis-py's connection errors when Redis stays unreachable.
         """
-        open_key = open_incident_key(group_key)
+
+        def change(current: Incident | None, now: datetime) -> Correlation:
+            return correlate(
+                current,
+                alerts,
+                now,
+                new_incident_id,
+                truncated=truncated,
+                external_url=external_url,
+                hold=self._hold,
+            )
+
+        return await self._transact(open_incident_key(group_key), None, change)
+
+    async def change(self, incident_id: str, action: IncidentAction) -> ApplyResult:
+        """Apply ``action`` to the incident ``incident_id``; :class:`IncidentNotFound` if none."""
+
+        def change(current: Incident | None, now: datetime) -> Correlation:
+            if current is None:
+                raise IncidentNotFound(f"no incident has the id {incident_id}")
+            return action(current, now)
+
+        return await self._transact(None, incident_id, change)
+
+    async def change_open(self, group_key: str, action: IncidentAction) -> ApplyResult:
+        """Apply ``action`` to the group's open incident; nothing happens when there is none."""
+
+        def change(current: Incident | None, now: datetime) -> Correlation:
+            return Correlation(None) if current is None else action(current, now)
+
+        return await self._transact(open_incident_key(group_key), None, change)
+
+    async def _transact(
+        self,
+        open_key: str | None,
+        incident_id: str | None,
+        change: Callable[[Incident | None, datetime], Correlation],
+    ) -> ApplyResult:
         for _ in range(MAX_ATTEMPTS):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(open_key)
-                    current = await self._load_open(pipe, open_key)
-                    outcome = correlate(
-                        current,
-                        alerts,
-                        self._clock.now(),
-                        new_incident_id,
-                        truncated=truncated,
-                        external_url=external_url,
-                    )
+                    current = await self._load(pipe, open_key, incident_id)
+                    outcome = change(current, self._clock.now())
                     if outcome.incident is None:
                         return _result(current, outcome)  # leaving the block unwatches
+                    pointer = open_key or open_incident_key(outcome.incident.key)
+                    if open_key is None:
+                        await pipe.watch(pointer)
+                    points_here = as_text(await pipe.get(pointer) or b"") == outcome.incident.id
                     pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                    await self._queue_writes(pipe, open_key, outcome.incident, outcome)
+                    await self._queue_writes(pipe, pointer, points_here, outcome)
                     await pipe.execute()
                 except WatchError:
-                    log.debug("incident_store.retry", group_key=group_key)
+                    log.debug("incident_store.retry", open_key=open_key, incident_id=incident_id)
                     continue
             return _result(current, outcome)
-        raise RetryableFailure(f"incident for group {group_key} kept changing; try again")
+        raise RetryableFailure("the incident kept changing under us; try again")
 
-    async def _load_open(self, pipe: Pipeline, open_key: str) -> Incident | None:
-        raw_id = await pipe.get(open_key)
-        if raw_id is None:
-            return None
-        incident_id = as_text(raw_id)
+    async def _load(
+        self, pipe: Pipeline, open_key: str | None, incident_id: str | None
+    ) -> Incident | None:
+        if open_key is not None:
+            await pipe.watch(open_key)
+            raw_id = await pipe.get(open_key)
+            if raw_id is None:
+                return None
+            incident_id = as_text(raw_id)
+        assert incident_id is not None
         key = incident_key(incident_id)
         await pipe.watch(key)
         raw = await pipe.get(key)
         if raw is None:
-            log.warning("incident_store.dangling_pointer", incident_id=incident_id)
+            if open_key is not None:
+                log.warning("incident_store.dangling_pointer", incident_id=incident_id)
             return None
         return Incident.model_validate_json(raw)
 
     async def _queue_writes(
-        self, pipe: Pipeline, open_key: str, incident: Incident, outcome: Correlation
+        self, pipe: Pipeline, pointer: str, points_here: bool, outcome: Correlation
     ) -> None:
+        incident = outcome.incident
+        assert incident is not None
         pipe.set(incident_key(incident.id), incident.model_dump_json())
         pipe.zadd(INCIDENTS_BY_TIME, {incident.id: incident.opened_at.timestamp()})
-        if incident.status is IncidentStatus.OPEN:
-            pipe.set(open_key, incident.id)
-        else:
+        if incident.is_open:
+            pipe.set(pointer, incident.id)
+        elif points_here:
             # A resolved group that fires again later opens a new incident.
-            pipe.delete(open_key)
+            pipe.delete(pointer)
         for event in outcome.events:
             await self._broker.publish(event, stream=INCIDENT_EVENTS, pipeline=pipe)
 
@@ -121,4 +176,5 @@ def _result(current: Incident | None, outcome: Correlation) -> ApplyResult:
         incident_id=incident.id if incident else None,
         events=[event.type for event in outcome.events],
         duplicate=current is not None and not outcome.events,
+        incident=incident,
     )

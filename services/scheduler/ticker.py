@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from services.scheduler.cadence import advance, fire
 from services.scheduler.schedule_store import Claim, ScheduleStore
 from shared.clock import Clock
-from shared.contracts import IncidentStatus, UpdateDue
+from shared.contracts import UpdateDue
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
 from shared.settings import Settings
@@ -95,7 +95,7 @@ class Ticker:
         with bound(incident_id=claim.incident_id):
             item = claim.item
             incident = await load_incident(self._redis, claim.incident_id)
-            if item is None or incident is None or incident.status is not IncidentStatus.OPEN:
+            if item is None or incident is None or not incident.is_open:
                 dropped = await self._store.drop(claim)
                 log.info(
                     "schedule.dropped",

@@ -13,9 +13,9 @@ from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.outbox import read_outbox
 from services.dispatcher.pipeline import Dispatcher
 from services.dispatcher.plan import plan
-from services.dispatcher.status_page_store import PageState, StatusPageStore
+from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import ManualClock
-from shared.contracts import DeliveryRecorded, DeliveryStatus, Incident
+from shared.contracts import DeliveryRecorded, DeliveryStatus, Incident, IncidentStatus
 from shared.errors import RetryableFailure
 from shared.idempotency import IdempotencyStore
 from shared.settings import Settings
@@ -79,7 +79,7 @@ async def test_opened_event_emails_everyone_and_posts_the_status_page(
     ]
     page = await StatusPageStore(redis).get("inc-1")
     assert page is not None
-    assert page.state is PageState.INVESTIGATING
+    assert page.state is IncidentStatus.INVESTIGATING
     assert page.title == "Checkout is failing"
     assert [u.headline for u in page.updates] == ["Investigating"]
 
@@ -222,7 +222,7 @@ async def test_resolution_moves_the_status_page_to_resolved(
 
     page = await StatusPageStore(redis).get("inc-1")
     assert page is not None
-    assert page.state is PageState.RESOLVED
+    assert page.state is IncidentStatus.RESOLVED
     assert [u.headline for u in page.updates] == ["Resolved", "Investigating"]
     outbox = await read_outbox(redis)
     assert [e.subject for e in outbox] == [

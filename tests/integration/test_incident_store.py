@@ -63,7 +63,7 @@ async def test_open_repeat_resolve_lifecycle(redis: Redis, make_store: StoreFact
     assert await redis.get(open_incident_key(group_key)) == opened.incident_id.encode()
     incident = await load_incident(redis, opened.incident_id)
     assert incident is not None
-    assert incident.status is IncidentStatus.OPEN
+    assert incident.status is IncidentStatus.INVESTIGATING
     assert incident.truncated_alerts == 2
     assert await redis.zscore(INCIDENTS_BY_TIME, opened.incident_id) == T0.timestamp()
     (event,) = await incident_events(redis)

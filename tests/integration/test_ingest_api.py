@@ -52,7 +52,7 @@ async def test_firing_webhook_is_accepted_after_the_incident_is_stored(
     assert body["duplicate"] is False
     incident = await load_incident(redis, body["incident_id"])
     assert incident is not None
-    assert incident.status is IncidentStatus.OPEN
+    assert incident.status is IncidentStatus.INVESTIGATING
     assert incident.opened_at == T0
     assert [e.incident_id for e in await incident_events(redis)] == [body["incident_id"]]
 

@@ -56,7 +56,7 @@ def make_incident(**overrides: Any) -> Incident:
         "title": "Checkout is failing",
         "impact": "Customers cannot place orders.",
         "severity": Severity.CRITICAL,
-        "status": IncidentStatus.OPEN,
+        "status": IncidentStatus.INVESTIGATING,
         "opened_at": opened_at,
         "updated_at": opened_at,
     }

@@ -85,11 +85,11 @@ def test_firing_alerts_open_an_incident() -> None:
     assert [type(e) for e in result.events] == [IncidentOpened]
     assert result.events[0].incident == incident
     assert result.events[0].occurred_at == T0
-    assert len(result.events[0].event_id) == 32
+    assert result.events[0].event_id == "inc-1:1:incident.opened"
     assert incident.id == "inc-1"
     assert incident.key == alerts[0].group_key
     assert incident.source == "alertmanager"
-    assert incident.status is IncidentStatus.OPEN
+    assert incident.status is IncidentStatus.INVESTIGATING
     assert incident.severity is Severity.CRITICAL
     assert incident.title == "High 5xx error rate on checkout-api"
     assert incident.service == "checkout-api"
@@ -198,7 +198,7 @@ def test_some_instances_recovering_is_an_update_in_plain_words() -> None:
     assert isinstance(event, IncidentUpdated)
     assert event.changes == ("2 of 3 affected instances recovered; 1 still affected.",)
     assert result.incident is not None
-    assert result.incident.status is IncidentStatus.OPEN
+    assert result.incident.status is IncidentStatus.INVESTIGATING
     assert result.incident.updated_at == later
     assert result.incident.opened_at == T0
     assert [a.fingerprint for a in result.incident.firing_alerts] == ["c"]

@@ -92,7 +92,7 @@ def test_state_and_events_always_agree(history: list[list[Alert]]) -> None:
             assert event.incident == incident
         resolved = any(isinstance(e, IncidentResolved) for e in result.events)
         assert resolved == (incident.status is IncidentStatus.RESOLVED)
-        if incident.status is IncidentStatus.OPEN:
+        if incident.status is IncidentStatus.INVESTIGATING:
             firing = incident.firing_alerts
             assert firing, "an open incident always has a firing alert"
             assert incident.severity is most_severe([a.severity for a in firing])

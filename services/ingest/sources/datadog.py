@@ -1,0 +1,264 @@
+"""Datadog monitor notifications, through the Webhooks integration.
+
+Datadog POSTs a payload *template* with its ``$VARIABLES`` filled in, all as
+strings. The default template sends ``id``, ``title``, ``body``, ``date``,
+``last_updated``, ``event_type`` and ``org``; Clarion's setup guide adds more,
+each named after its variable in lower case (``"alert_transition":
+"$ALERT_TRANSITION"``, ``"tags": "$TAGS"``, ...). Every field but ``title`` (or
+``alert_title``) is optional, and a variable Datadog left unsubstituted counts
+as absent. One body is one alert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Annotated, Final
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from services.ingest.severity import COMMON_WORDS, SeverityMap
+from shared.contracts import Alert, AlertStatus, Severity
+
+SOURCE: Final = "datadog"
+
+# ``$ALERT_PRIORITY`` (P1..P5), ``$ALERT_TYPE`` (error, warning, info, success) or a
+# ``severity:`` tag. "success" is the type of a recovery notification.
+SEVERITIES: Final = SeverityMap(MappingProxyType({**COMMON_WORDS, "success": Severity.INFO}))
+
+# ``$ALERT_TRANSITION`` values. Any other ("Null", new words) falls back to ``alert_type``.
+FIRING_TRANSITIONS: Final = frozenset(
+    {"triggered", "re-triggered", "warn", "re-warn", "no data", "re-no data", "renotify"}
+)
+RESOLVED_TRANSITIONS: Final = frozenset({"recovered"})
+
+# A template variable Datadog did not fill in: "$ALERT_ID", "$TAGS[team]".
+_PLACEHOLDER: Final = re.compile(r"\$[A-Z][A-Z0-9_]*(?:\[[^\]]*\])?")
+# Leading "[P1] [Triggered on {host:a}]" blocks of a Datadog title.
+_TITLE_BLOCK: Final = re.compile(r"\s*\[([^\]]*)\]\s*")
+_PRIORITY: Final = re.compile(r"[Pp][1-5]")
+
+
+def _without_placeholders(value: object) -> object:
+    if isinstance(value, dict):
+        return {
+            key: item
+            for key, item in value.items()
+            if not (isinstance(item, str) and _PLACEHOLDER.fullmatch(item.strip()))
+        }
+    return value
+
+
+def _number_as_text(value: object) -> object:
+    # A hand-written template may leave ids unquoted: "alert_id": $ALERT_ID.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _epoch_millis(value: object) -> object:
+    """``$DATE`` and ``$LAST_UPDATED`` are epoch milliseconds, as text."""
+    text = str(value).strip() if isinstance(value, int | str) else ""
+    if not (text.isascii() and text.isdigit()):
+        return value
+    try:
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"{text} is not a date in epoch milliseconds") from exc
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+Millis = Annotated[AwareDatetime, BeforeValidator(_epoch_millis)]
+
+
+class DatadogOrg(BaseModel):
+    """``org``: ``$ORG_ID`` and ``$ORG_NAME``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    id: Text | None = None
+    name: Text | None = None
+
+    _substituted_only = model_validator(mode="before")(_without_placeholders)
+
+
+class DatadogWebhook(BaseModel):
+    """One Datadog webhook body: the default payload plus the documented variables."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    title: Text = Field(min_length=1)  # $EVENT_TITLE, else alert_title
+    id: Text | None = None  # $ID: this notification's event
+    body: Text | None = None  # $EVENT_MSG
+    text_only_msg: Text | None = None  # $TEXT_ONLY_MSG
+    date: Millis | None = None  # $DATE
+    last_updated: Millis | None = None  # $LAST_UPDATED
+    event_type: Text | None = None  # $EVENT_TYPE
+    org: DatadogOrg | None = None
+    alert_id: Text | None = None  # $ALERT_ID: the monitor
+    alert_title: Text | None = None
+    alert_transition: Text | None = None
+    alert_type: Text | None = None
+    alert_priority: Text | None = None
+    alert_status: Text | None = None
+    alert_scope: Text | None = None
+    alert_metric: Text | None = None
+    alert_query: Text | None = None
+    alert_cycle_key: Text | None = None
+    aggreg_key: Text | None = None
+    tags: Text | None = None  # $TAGS: "env:prod,service:api"
+    hostname: Text | None = None
+    link: Text | None = None
+    snapshot: Text | None = None
+    impact: Text | None = None  # the operator's own fields, when the template adds them
+    customer_impact: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _substituted_only(cls, data: object) -> object:
+        data = _without_placeholders(data)
+        if isinstance(data, dict) and not data.get("title") and data.get("alert_title"):
+            return {**data, "title": data["alert_title"]}
+        return data
+
+
+def _tag_pairs(text: str | None) -> Iterable[tuple[str, str]]:
+    for tag in (text or "").split(","):
+        name, _, value = tag.strip().partition(":")
+        if name.strip():
+            yield name.strip(), value.strip()
+
+
+def labels_of(payload: DatadogWebhook) -> dict[str, str]:
+    """``$TAGS`` then ``$ALERT_SCOPE`` as labels; a repeated tag joins its values."""
+    labels: dict[str, str] = {}
+    for name, value in _tag_pairs(f"{payload.tags or ''},{payload.alert_scope or ''}"):
+        known = labels.get(name)
+        if known is None:
+            labels[name] = value
+        elif value and value not in known.split(","):
+            labels[name] = f"{known},{value}" if known else value
+    if payload.hostname:
+        labels.setdefault("host", payload.hostname)
+    return labels
+
+
+def _title_blocks(title: str) -> tuple[list[str], str]:
+    """The bracketed blocks leading a Datadog title, and the words after them."""
+    blocks, rest = [], title
+    while match := _TITLE_BLOCK.match(rest):
+        blocks.append(match.group(1).strip())
+        rest = rest[match.end() :]
+    return blocks, " ".join(rest.split())
+
+
+def status_of(payload: DatadogWebhook) -> AlertStatus:
+    """Resolved for "Recovered" (or a "success" alert type), firing otherwise."""
+    words = [payload.alert_transition or "", payload.alert_type or ""]
+    words += [block.split(" on ")[0] for block in _title_blocks(payload.title)[0]]
+    for word in (w.strip().lower() for w in words):
+        if word in RESOLVED_TRANSITIONS or word == "success":
+            return AlertStatus.RESOLVED
+        if word in FIRING_TRANSITIONS or word in ("error", "warning", "info"):
+            return AlertStatus.FIRING
+    return AlertStatus.FIRING
+
+
+def severity_of(
+    payload: DatadogWebhook, labels: Mapping[str, str], severities: SeverityMap = SEVERITIES
+) -> Severity:
+    """``alert_priority`` (or the title's "[P1]"), a ``severity`` tag, else ``alert_type``."""
+    title_priority = next(
+        (b for b in _title_blocks(payload.title)[0] if _PRIORITY.fullmatch(b)), None
+    )
+    for word in (
+        payload.alert_priority,
+        title_priority,
+        labels.get("severity"),
+        labels.get("priority"),
+        payload.alert_type,
+    ):
+        if word and word.strip().lower() in severities.words:
+            return severities.of(word)
+    return severities.default
+
+
+def _grouping(payload: DatadogWebhook) -> str:
+    if payload.aggreg_key:
+        return f"aggreg_key:{payload.aggreg_key}"
+    if payload.alert_id:
+        return f"alert_id:{payload.alert_id}"
+    return f"title:{_title_blocks(payload.alert_title or payload.title)[1]}"
+
+
+def group_key_of(payload: DatadogWebhook) -> str:
+    """A stable, Redis-key-safe key: the monitor's ``aggreg_key``, else its id, else title."""
+    org = payload.org.id if payload.org and payload.org.id else ""
+    digest = hashlib.sha256(f"{org}\x00{_grouping(payload)}".encode()).hexdigest()
+    return f"{SOURCE}:{digest}"
+
+
+def fingerprint_of(payload: DatadogWebhook) -> str:
+    """The same for every notification of one monitor group, resolved or not."""
+    scope = ",".join(sorted({f"{k}:{v}" for k, v in _tag_pairs(payload.alert_scope)}))
+    return hashlib.sha256(f"{_grouping(payload)}\x00{scope}".encode()).hexdigest()[:16]
+
+
+def _description(payload: DatadogWebhook) -> str:
+    text = payload.text_only_msg or payload.body or payload.alert_status or ""
+    return "\n".join(line for line in text.strip().splitlines() if line.strip() != "%%%").strip()
+
+
+def _annotations(payload: DatadogWebhook) -> dict[str, str]:
+    fields = {
+        "alert_transition": payload.alert_transition,
+        "alert_status": payload.alert_status,
+        "alert_metric": payload.alert_metric,
+        "alert_query": payload.alert_query,
+        "alert_scope": payload.alert_scope,
+        "alert_cycle_key": payload.alert_cycle_key,
+        "event_type": payload.event_type,
+        "event_id": payload.id,
+        "monitor_id": payload.alert_id,
+        "org_name": payload.org.name if payload.org else None,
+        "snapshot_url": payload.snapshot,
+        "impact": payload.impact,
+        "customer_impact": payload.customer_impact,
+    }
+    return {key: text.strip() for key, text in fields.items() if text and text.strip()}
+
+
+def parse(payload: DatadogWebhook, severities: SeverityMap = SEVERITIES) -> list[Alert]:
+    """The one alert a Datadog notification carries."""
+    labels = labels_of(payload)
+    status = status_of(payload)
+    when = payload.date or payload.last_updated
+    summary = _title_blocks(payload.alert_title or payload.title)[1]
+    return [
+        Alert(
+            source=SOURCE,
+            group_key=group_key_of(payload),
+            fingerprint=fingerprint_of(payload),
+            status=status,
+            severity=severity_of(payload, labels, severities),
+            summary=summary or _title_blocks(payload.title)[1] or "Datadog alert",
+            description=_description(payload),
+            service=labels.get("service") or None,
+            impact=(payload.impact or payload.customer_impact or "").strip() or None,
+            labels=labels,
+            annotations=_annotations(payload),
+            starts_at=when if status is AlertStatus.FIRING else None,
+            ends_at=when if status is AlertStatus.RESOLVED else None,
+            generator_url=payload.link or None,
+        )
+    ]
