@@ -12,16 +12,19 @@ UPDATES_DUE: Final = f"{PREFIX}:updates-due"
 DELIVERY_LOG: Final = f"{PREFIX}:delivery-log"
 DEAD_LETTERS: Final = f"{PREFIX}:dead-letters"
 EMAIL_OUTBOX: Final = f"{PREFIX}:outbox:email"
+RESOLUTIONS_DUE: Final = f"{PREFIX}:resolutions-due"
 
 # Consumer groups: one per service, so each service can run as several instances.
 SCHEDULER_GROUP: Final = "scheduler"
 DISPATCHER_GROUP: Final = "dispatcher"
+INGEST_GROUP: Final = "ingest"
 
 # Which groups read which stream. Groups are created from the start of the
 # stream (id 0) before anything is published, so no event is ever missed.
 CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
     INCIDENT_EVENTS: (SCHEDULER_GROUP, DISPATCHER_GROUP),
     UPDATES_DUE: (DISPATCHER_GROUP,),
+    RESOLUTIONS_DUE: (INGEST_GROUP,),
 }
 
 # Keys
@@ -30,6 +33,9 @@ OPEN_INCIDENT_BY_GROUP: Final = f"{PREFIX}:incident-by-group:{{group}}"
 INCIDENTS_BY_TIME: Final = f"{PREFIX}:incidents"
 SCHEDULE_DUE: Final = f"{PREFIX}:schedule:due"
 SCHEDULE_ITEMS: Final = f"{PREFIX}:schedule:items"
+RESOLUTION_DUE: Final = f"{PREFIX}:schedule:resolution-due"
+RESOLUTION_ITEMS: Final = f"{PREFIX}:schedule:resolution-items"
+REJECTIONS: Final = f"{PREFIX}:ingest:rejections"
 SCHEDULER_HEARTBEAT: Final = f"{PREFIX}:scheduler:heartbeat"
 IDEMPOTENCY_KEY: Final = f"{PREFIX}:idempotency:{{key}}"
 LAST_ERROR: Final = f"{PREFIX}:last-error:{{stream}}:{{group}}"

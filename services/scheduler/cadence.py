@@ -28,23 +28,21 @@ IntervalFor = Callable[[Severity], timedelta]
 """How long between updates for a severity (``Settings.update_interval``)."""
 
 
-class ScheduleItem(BaseModel):
-    """The next update an open incident owes its audience."""
+class DueItem(BaseModel):
+    """Something the scheduler must do at ``due_at`` for one incident."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     incident_id: str
+    due_at: AwareDatetime
+
+
+class ScheduleItem(DueItem):
+    """The next update an open incident owes its audience."""
+
     sequence: int = Field(ge=1)
     severity: Severity
     basis_at: AwareDatetime
-    due_at: AwareDatetime
-
-    def to_json(self) -> str:
-        return self.model_dump_json()
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> ScheduleItem:
-        return cls.model_validate_json(raw)
 
 
 def update_event_id(incident_id: str, sequence: int) -> str:

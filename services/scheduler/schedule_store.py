@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from redis.asyncio import Redis
 
-from services.scheduler.cadence import ScheduleItem, ceil_ms, floor_ms
+from services.scheduler.cadence import DueItem, ScheduleItem, ceil_ms, floor_ms
 from shared.errors import RetryableFailure
 from shared.redis_values import as_text
 from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS
@@ -61,48 +61,54 @@ return 1
 
 _MAX_ATTEMPTS: Final = 20
 
+ItemT = TypeVar("ItemT", bound=DueItem)
+
 
 @dataclass(frozen=True)
-class Claim:
+class Claim(Generic[ItemT]):
     """An item this instance holds a lease on, as it was when claimed."""
 
     incident_id: str
     lease_score: int
     raw: str  # the item JSON as stored ('' when the hash had none)
-
-    @property
-    def item(self) -> ScheduleItem | None:
-        return ScheduleItem.from_json(self.raw) if self.raw else None
+    item: ItemT | None
 
 
-class ScheduleStore:
-    def __init__(self, redis: Redis) -> None:
+class ScheduleStore(Generic[ItemT]):
+    """Due items of one kind (``item_type``), one per incident, under two keys."""
+
+    def __init__(self, redis: Redis, item_type: type[ItemT], due_key: str, items_key: str) -> None:
         self._redis = redis
+        self._type = item_type
+        self._due_key = due_key
+        self._items_key = items_key
         self._claim = redis.register_script(_CLAIM)
         self._cas = redis.register_script(_COMPARE_AND_SET)
 
-    async def get(self, incident_id: str) -> ScheduleItem | None:
-        raw = await self._redis.hget(SCHEDULE_ITEMS, incident_id)
-        return ScheduleItem.from_json(raw) if raw else None
+    def _parse(self, raw: str | bytes) -> ItemT | None:
+        return self._type.model_validate_json(raw) if raw else None
+
+    async def get(self, incident_id: str) -> ItemT | None:
+        return self._parse(await self._redis.hget(self._items_key, incident_id) or "")
 
     async def due_score(self, incident_id: str) -> int | None:
         """The current score: the due time, or a lease while claimed."""
-        score = await self._redis.zscore(SCHEDULE_DUE, incident_id)
+        score = await self._redis.zscore(self._due_key, incident_id)
         return None if score is None else int(score)
 
     async def change(
         self,
         incident_id: str,
-        change: Callable[[ScheduleItem | None], ScheduleItem | None],
-    ) -> tuple[ScheduleItem | None, ScheduleItem | None]:
+        change: Callable[[ItemT | None], ItemT | None],
+    ) -> tuple[ItemT | None, ItemT | None]:
         """Apply ``change`` to the stored item atomically; returns (before, after).
 
         ``change`` gets the current item (or ``None``) and returns the new one
         (``None`` deletes). It runs again if another writer got in between.
         """
         for _ in range(_MAX_ATTEMPTS):
-            raw = _text_or_empty(await self._redis.hget(SCHEDULE_ITEMS, incident_id))
-            current = ScheduleItem.from_json(raw) if raw else None
+            raw = _text_or_empty(await self._redis.hget(self._items_key, incident_id))
+            current = self._parse(raw)
             updated = change(current)
             if updated == current:
                 return current, current
@@ -110,24 +116,24 @@ class ScheduleStore:
                 return current, updated
         raise RetryableFailure(f"schedule item {incident_id} kept changing under us")
 
-    async def claim(self, now: datetime, lease: timedelta, limit: int) -> list[Claim]:
+    async def claim(self, now: datetime, lease: timedelta, limit: int) -> list[Claim[ItemT]]:
         """Take up to ``limit`` items due at ``now``, leasing each until ``now + lease``."""
         now_ms = floor_ms(now)
         lease_score = now_ms + lease // timedelta(milliseconds=1)
         flat = await self._claim(
-            keys=[SCHEDULE_DUE, SCHEDULE_ITEMS], args=[now_ms, lease_score, limit]
+            keys=[self._due_key, self._items_key], args=[now_ms, lease_score, limit]
         )
         values = [_text_or_empty(v) for v in flat]
         return [
-            Claim(incident_id=member, lease_score=lease_score, raw=raw)
+            Claim(incident_id=member, lease_score=lease_score, raw=raw, item=self._parse(raw))
             for member, raw in zip(values[::2], values[1::2], strict=True)
         ]
 
-    async def complete(self, claim: Claim, next_item: ScheduleItem) -> bool:
+    async def complete(self, claim: Claim[ItemT], next_item: ItemT) -> bool:
         """Store ``next_item`` if ``claim`` still holds: same lease, item untouched."""
         return await self._write(claim.incident_id, claim.lease_score, claim.raw, next_item)
 
-    async def drop(self, claim: Claim) -> bool:
+    async def drop(self, claim: Claim[ItemT]) -> bool:
         """Delete the claimed item if ``claim`` still holds."""
         return await self._write(claim.incident_id, claim.lease_score, claim.raw, None)
 
@@ -136,19 +142,24 @@ class ScheduleStore:
         incident_id: str,
         expected_score: int | None,
         expected_raw: str,
-        item: ScheduleItem | None,
+        item: ItemT | None,
     ) -> bool:
         written = await self._cas(
-            keys=[SCHEDULE_DUE, SCHEDULE_ITEMS],
+            keys=[self._due_key, self._items_key],
             args=[
                 incident_id,
                 "" if expected_score is None else expected_score,
                 expected_raw,
-                "" if item is None else item.to_json(),
+                "" if item is None else item.model_dump_json(),
                 0 if item is None else ceil_ms(item.due_at),
             ],
         )
         return bool(written)
+
+
+def update_schedule(redis: Redis) -> ScheduleStore[ScheduleItem]:
+    """The pending "update due" of each open incident."""
+    return ScheduleStore(redis, ScheduleItem, SCHEDULE_DUE, SCHEDULE_ITEMS)
 
 
 def _text_or_empty(value: object) -> str:

@@ -11,7 +11,7 @@ log = get_logger("clarion.scheduler")
 
 
 async def schedule_incident_event(
-    store: ScheduleStore, event: IncidentEvent, interval_for: IntervalFor
+    store: ScheduleStore[ScheduleItem], event: IncidentEvent, interval_for: IntervalFor
 ) -> ScheduleItem | None:
     """Apply ``event`` to the incident's pending update; returns the item now stored."""
     with bound(incident_id=event.incident_id):

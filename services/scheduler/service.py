@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from faststream.redis import RedisBroker
 
 from services.scheduler.handlers import incident_event_consumer
-from services.scheduler.schedule_store import ScheduleStore
+from services.scheduler.resolution_hold import ResolutionFirer, resolution_schedule
+from services.scheduler.schedule_store import update_schedule
 from services.scheduler.ticker import Ticker
 from shared.clock import Clock, SystemClock
-from shared.contracts import UpdateDue
+from shared.contracts import ResolutionDue, UpdateDue
 from shared.errors import ClarionError
 from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
-from shared.streams import UPDATES_DUE
+from shared.streams import RESOLUTIONS_DUE, UPDATES_DUE
 from shared.watchdog import watch_subscribers
 
 log = get_logger("clarion.scheduler")
@@ -26,13 +28,16 @@ class SubscriberStopped(ClarionError):
 
 
 class BrokerUpdatePublisher:
-    """Publishes ``UpdateDue`` events on the ``UPDATES_DUE`` stream through FastStream."""
+    """Publishes due events on their streams through FastStream."""
 
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
 
     async def publish(self, due: UpdateDue) -> None:
         await self._broker.publish(due, stream=UPDATES_DUE)
+
+    async def publish_resolution(self, due: ResolutionDue) -> None:
+        await self._broker.publish(due, stream=RESOLUTIONS_DUE)
 
 
 def build_broker(settings: Settings) -> RedisBroker:
@@ -53,11 +58,14 @@ async def run(settings: Settings, stop: asyncio.Event, clock: Clock | None = Non
     redis = connect(settings.require_redis_url())
     try:
         await ensure_consumer_groups(redis)
-        store = ScheduleStore(redis)
+        the_clock = clock or SystemClock()
+        updates, resolutions = update_schedule(redis), resolution_schedule(redis)
         broker = build_broker(settings)
-        incident_event_consumer(redis, store, settings).subscribe(broker, settings)
+        incident_event_consumer(redis, updates, resolutions, settings).subscribe(broker, settings)
         publisher = BrokerUpdatePublisher(broker)
-        ticker = Ticker(store, publisher, redis, settings, clock or SystemClock())
+        lease = timedelta(milliseconds=settings.scheduler_lease_ms)
+        firer = ResolutionFirer(resolutions, publisher, the_clock, lease)
+        ticker = Ticker(updates, publisher, redis, settings, the_clock, also=[firer])
         await broker.start()
         log.info("scheduler.started", consumer=settings.consumer_name)
         try:

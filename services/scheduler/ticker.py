@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
-from services.scheduler.cadence import advance, fire
+from services.scheduler.cadence import ScheduleItem, advance, fire
 from services.scheduler.schedule_store import Claim, ScheduleStore
 from shared.clock import Clock
 from shared.contracts import UpdateDue
@@ -29,16 +30,23 @@ class UpdatePublisher(Protocol):
     async def publish(self, due: UpdateDue) -> None: ...
 
 
+class Firer(Protocol):
+    """Another kind of due item fired on each tick (resolution holds, ...)."""
+
+    async def run_once(self) -> int: ...
+
+
 class Ticker:
     def __init__(
         self,
-        store: ScheduleStore,
+        store: ScheduleStore[ScheduleItem],
         publisher: UpdatePublisher,
         redis: Redis,
         settings: Settings,
         clock: Clock,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        also: Sequence[Firer] = (),
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -46,6 +54,7 @@ class Ticker:
         self._settings = settings
         self._clock = clock
         self._batch_size = batch_size
+        self._also = also
         self._lease = timedelta(milliseconds=settings.scheduler_lease_ms)
 
     async def run_once(self) -> int:
@@ -72,8 +81,10 @@ class Ticker:
                 return fired
 
     async def tick(self) -> int:
-        """One tick: :meth:`run_once`, then the heartbeat."""
+        """One tick: :meth:`run_once` and the other firers, then the heartbeat."""
         fired = await self.run_once()
+        for firer in self._also:
+            fired += await firer.run_once()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(SCHEDULER_HEARTBEAT, "ticks", 1)
             pipe.hset(SCHEDULER_HEARTBEAT, "at", self._clock.now().isoformat())
@@ -91,7 +102,7 @@ class Ticker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
-    async def _fire(self, claim: Claim) -> bool:
+    async def _fire(self, claim: Claim[ScheduleItem]) -> bool:
         with bound(incident_id=claim.incident_id):
             item = claim.item
             incident = await load_incident(self._redis, claim.incident_id)

@@ -12,8 +12,8 @@ import pytest
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from services.scheduler.cadence import ceil_ms
-from services.scheduler.schedule_store import ScheduleStore
+from services.scheduler.cadence import ScheduleItem, ceil_ms
+from services.scheduler.schedule_store import ScheduleStore, update_schedule
 from services.scheduler.scheduling import schedule_incident_event
 from services.scheduler.service import BrokerUpdatePublisher
 from services.scheduler.ticker import Ticker
@@ -59,20 +59,24 @@ async def broker(redis_url: str, redis: Redis) -> AsyncIterator[RedisBroker]:
 
 
 @pytest.fixture
-def store(redis: Redis) -> ScheduleStore:
-    return ScheduleStore(redis)
+def store(redis: Redis) -> ScheduleStore[ScheduleItem]:
+    return update_schedule(redis)
 
 
 @pytest.fixture
 def ticker(
-    store: ScheduleStore, broker: RedisBroker, redis: Redis, settings: Settings, clock: ManualClock
+    store: ScheduleStore[ScheduleItem],
+    broker: RedisBroker,
+    redis: Redis,
+    settings: Settings,
+    clock: ManualClock,
 ) -> Ticker:
     return Ticker(store, BrokerUpdatePublisher(broker), redis, settings, clock)
 
 
 async def open_incident(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     settings: Settings,
     clock: ManualClock,
     incident_id: str = "inc-1",
@@ -89,7 +93,7 @@ async def open_incident(
 
 async def test_opened_incident_gets_updates_at_its_cadence(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -118,7 +122,7 @@ async def test_opened_incident_gets_updates_at_its_cadence(
 
 async def test_resolved_incident_gets_no_more_updates(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -142,7 +146,7 @@ async def test_resolved_incident_gets_no_more_updates(
 
 async def test_severity_change_moves_the_due_time(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -169,7 +173,7 @@ async def test_severity_change_moves_the_due_time(
 
 async def test_update_and_stale_update_after_a_fire(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -196,7 +200,7 @@ async def test_two_tickers_never_double_fire(
     redis: Redis,
     redis_url: str,
     broker: RedisBroker,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     settings: Settings,
     clock: ManualClock,
 ) -> None:
@@ -207,7 +211,7 @@ async def test_two_tickers_never_double_fire(
     try:
         tickers = [
             Ticker(
-                ScheduleStore(client),
+                update_schedule(client),
                 BrokerUpdatePublisher(broker),
                 client,
                 settings,
@@ -230,7 +234,7 @@ async def test_two_tickers_never_double_fire(
 
 async def test_claim_of_a_dead_instance_is_fired_after_the_lease(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -259,7 +263,7 @@ async def test_claim_of_a_dead_instance_is_fired_after_the_lease(
 
 async def test_item_of_a_resolved_or_missing_incident_is_dropped(
     redis: Redis,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     ticker: Ticker,
     settings: Settings,
     clock: ManualClock,
@@ -281,7 +285,7 @@ async def test_item_of_a_resolved_or_missing_incident_is_dropped(
 async def test_event_handled_while_firing_keeps_the_sequence_moving(
     redis: Redis,
     broker: RedisBroker,
-    store: ScheduleStore,
+    store: ScheduleStore[ScheduleItem],
     settings: Settings,
     clock: ManualClock,
 ) -> None:

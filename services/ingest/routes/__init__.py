@@ -1,0 +1,1 @@
+"""Ingest's HTTP routes: webhooks in, the operator API, health."""
