@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from pydantic import SecretStr
@@ -10,12 +11,9 @@ from shared.errors import Unauthorized
 
 
 def secret_equals(presented: str | bytes, expected: str | bytes) -> bool:
-    """Whether two secrets are equal, in time that does not depend on where they differ."""
-    if isinstance(presented, str):
-        presented = presented.encode()
-    if isinstance(expected, str):
-        expected = expected.encode()
-    return hmac.compare_digest(presented, expected)
+    """Whether two secrets are equal, in time that depends neither on where they differ
+    nor (both sides are hashed first) on their lengths."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
 
 
 def parse_authorization(authorization: str | None) -> tuple[str, str]:
@@ -36,3 +34,7 @@ def check_bearer(authorization: str | None, token: SecretStr | None) -> None:
     matches = secret_equals(credentials, token.get_secret_value())
     if scheme != "bearer" or not matches:
         raise Unauthorized("missing or wrong bearer token")
+
+
+def _digest(value: str | bytes) -> bytes:
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).digest()

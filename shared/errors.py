@@ -66,9 +66,7 @@ class RateLimited(ClarionError):
 
     def __init__(self, retry_after_seconds: int, message: str | None = None) -> None:
         self.retry_after_seconds = max(1, int(retry_after_seconds))
-        super().__init__(
-            message or f"too many requests; retry after {self.retry_after_seconds} s"
-        )
+        super().__init__(message or f"too many requests; retry after {self.retry_after_seconds} s")
 
 
 class PermanentFailure(ClarionError):

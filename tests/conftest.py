@@ -80,6 +80,7 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
             "scheduler_lease_ms": 1000,
             "max_deliveries": 3,
             "log_format": "json",
+            "resolve_hold": 0,  # resolve at once; hold tests set their own
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

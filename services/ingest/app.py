@@ -1,59 +1,78 @@
-"""The ingest HTTP API: monitoring webhooks in, 202 once the change is durably in Redis."""
+"""The ingest service: monitoring webhooks in, 202 once the change is durably in Redis.
+
+``create_app`` is the composition root. Its lifespan builds the Redis client,
+the broker, the incident store, the intake (credentials, rate limit, record of
+rejections) and the consumer of "monitoring" holds that have ended, and passes
+them in; nothing is global.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import FastAPI, Header, Request
+import httpx
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from faststream.redis import RedisBroker
-from pydantic import BaseModel
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.ingest.body import read_json, validate
-from services.ingest.incident_store import IncidentStore
-from services.ingest.sources import alertmanager
-from shared.auth import check_bearer
+from services.ingest.credentials import all_credentials, any_credentials, known_secrets
+from services.ingest.handlers import resolution_consumer
+from services.ingest.incident_actions import IncidentClosed
+from services.ingest.incident_store import IncidentNotFound, IncidentStore
+from services.ingest.intake import Intake
+from services.ingest.metrics import IngestMetrics
+from services.ingest.rate_limit import RateLimiter
+from services.ingest.rejections import RejectionLog
+from services.ingest.routes.health import health
+from services.ingest.routes.operator import operator
+from services.ingest.routes.ops import ops
+from services.ingest.routes.pagerduty import pagerduty
+from services.ingest.routes.sns import sns
+from services.ingest.routes.webhooks import webhooks
+from services.ingest.sns_signature import HttpCertificateFetcher, SnsVerifier
+from services.ingest.state import IngestState
 from shared.clock import Clock, SystemClock
 from shared.errors import RetryableFailure
 from shared.http_errors import error_body, install_error_handlers
-from shared.logs import bound, get_logger
+from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
+from shared.streams import REJECTIONS
+from shared.watchdog import watch_subscribers
 
-READY_TIMEOUT_SECONDS: Final = 2.0
 RETRY_AFTER_SECONDS: Final = "5"
+HTTP_TIMEOUT_SECONDS: Final = 10.0
+
+DESCRIPTION: Final = """
+Monitoring webhooks in; incidents and their events out, durably, before any 2xx.
+
+* **Webhooks** accept Prometheus Alertmanager, Grafana, Datadog, generic JSON and AWS SNS
+  (CloudWatch alarms), and `POST /v2/enqueue` is a drop-in for PagerDuty's Events API v2.
+* **The operator API** under `/v1/incidents` reads incidents, posts updates, acknowledges
+  and resolves (bearer `CLARION_OPS_TOKEN`).
+* Errors share one JSON shape: `{"error": {"code", "message", "fields"?}}` (PagerDuty's
+  route answers in PagerDuty's own shape).
+"""
 
 log = get_logger("clarion.ingest")
 
 
-class Accepted(BaseModel):
-    status: str = "accepted"
-    incident_id: str | None
-    events: list[str]
-    duplicate: bool
-
-
-class Health(BaseModel):
-    status: str = "ok"
-
-
-@dataclass
-class _Runtime:
-    redis: Redis | None = None
-    store: IncidentStore | None = None
-
-
-def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
-    runtime = _Runtime()
+def create_app(
+    settings: Settings,
+    clock: Clock | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The ingest app. ``on_fatal`` is called when consuming has stopped for good."""
+    the_clock: Clock = clock or SystemClock()
+    credentials = all_credentials(settings)  # a malformed credential fails here, at once
+    limiter = RateLimiter(settings.ingest_rate_limit)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.require_redis_url()
         redis = connect(url)
         broker = RedisBroker(
@@ -62,76 +81,89 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             retry_on_error=RETRY_ON,
             logger=get_logger("clarion.ingest.broker"),
         )
+        metrics = IngestMetrics()
+        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
         try:
             await ensure_consumer_groups(redis)
-            await broker.connect()
-            runtime.redis = redis
-            runtime.store = IncidentStore(redis, broker, clock or SystemClock())
-            if settings.ingest_token is None:
-                log.warning(
-                    "ingest.auth_disabled",
-                    detail="CLARION_INGEST_TOKEN is not set: webhooks are accepted unauthenticated",
-                )
+            store = IncidentStore(redis, broker, the_clock, settings.resolve_hold)
+            resolution_consumer(redis, store, settings).subscribe(broker, settings)
+            rejections = RejectionLog(
+                redis,
+                settings.rejection_sample_size,
+                metrics=metrics,
+                secrets=known_secrets(settings),
+                clock=the_clock,
+                key=REJECTIONS,
+            )
+            intake = Intake(
+                credentials=credentials,
+                limiter=limiter,
+                rejections=rejections,
+                metrics=metrics,
+                clock=the_clock,
+                max_body_bytes=settings.max_body_bytes,
+                max_alerts=settings.max_alerts_per_request,
+            )
+            sns_verifier = SnsVerifier(
+                HttpCertificateFetcher(http), settings.sns_cert_url_pattern, clock=the_clock
+            )
+            app.state.ingest = IngestState(
+                settings, the_clock, redis, broker, store, intake, sns_verifier, http
+            )
+            await broker.start()
+            stopping = asyncio.Event()
+            watchdog = asyncio.create_task(_watch(broker, stopping, on_fatal))
+            _warn_if_open(settings)
             log.info("ingest.started", host=settings.ingest_host, port=settings.ingest_port)
-            yield
+            try:
+                yield
+            finally:
+                stopping.set()
+                await watchdog
         finally:
-            runtime.redis = runtime.store = None
             await broker.stop()
             await redis.aclose()
+            await http.aclose()
 
-    app = FastAPI(title="Clarion ingest", lifespan=lifespan)
+    app = FastAPI(
+        title="Clarion ingest",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     _install_ingest_error_handlers(app)
-
-    def store() -> IncidentStore:
-        if runtime.store is None:
-            raise RetryableFailure("ingest is not started")
-        return runtime.store
-
-    @app.post("/v1/alerts/alertmanager", status_code=202)
-    async def alertmanager_webhook(
-        request: Request, authorization: Annotated[str | None, Header()] = None
-    ) -> Accepted:
-        check_bearer(authorization, settings.ingest_token)
-        payload = validate(alertmanager.AlertmanagerWebhook, await read_json(request))
-        result = await store().apply(
-            alertmanager.group_key_of(payload),
-            alertmanager.parse(payload),
-            truncated=payload.truncated_alerts,
-            external_url=payload.external_url,
-        )
-        with bound(incident_id=result.incident_id):
-            log.info(
-                "alerts.accepted",
-                source=alertmanager.SOURCE,
-                alerts=len(payload.alerts),
-                events=result.events,
-                duplicate=result.duplicate,
-            )
-        return Accepted(
-            incident_id=result.incident_id, events=result.events, duplicate=result.duplicate
-        )
-
-    @app.get("/healthz")
-    async def healthz() -> Health:
-        return Health()
-
-    @app.get("/readyz", response_model=Health)
-    async def readyz() -> Health | JSONResponse:
-        if runtime.redis is None:
-            return _unavailable("ingest is not started")
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await runtime.redis.ping()
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            log.warning("ingest.not_ready", error=f"{type(exc).__name__}: {exc}")
-            return _unavailable("Redis is not reachable")
-        return Health()
-
+    for router in (webhooks, pagerduty, sns, operator, ops, health):
+        app.include_router(router)
     return app
 
 
-def _unavailable(message: str) -> JSONResponse:
+def _warn_if_open(settings: Settings) -> None:
+    if not any_credentials(settings):
+        log.warning(
+            "ingest.loopback_only",
+            detail="no ingest credentials are configured (CLARION_INGEST_TOKEN or per-source); "
+            "webhooks are accepted from this host only",
+        )
+    if settings.ops_token is None:
+        log.warning(
+            "ingest.ops_loopback_only",
+            detail="CLARION_OPS_TOKEN is not set: the operator API answers this host only",
+        )
+
+
+async def _watch(
+    broker: RedisBroker, stopping: asyncio.Event, on_fatal: Callable[[str], None] | None
+) -> None:
+    stopped = await watch_subscribers(broker, stopping)
+    if stopped:
+        reason = f"consumers stopped on {', '.join(stopped)}; the process must restart"
+        log.critical("ingest.consumers_stopped", streams=stopped)
+        if on_fatal is not None:
+            on_fatal(reason)
+
+
+def unavailable(message: str) -> JSONResponse:
     return JSONResponse(
         error_body("unavailable", message), 503, headers={"Retry-After": RETRY_AFTER_SECONDS}
     )
@@ -142,9 +174,17 @@ def _install_ingest_error_handlers(app: FastAPI) -> None:
     async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
         # Nothing was accepted: the sender keeps the alert and retries.
         log.error("ingest.redis_unavailable", error=f"{type(exc).__name__}: {exc}")
-        return _unavailable("storage is unavailable; nothing was accepted, try again")
+        return unavailable("storage is unavailable; nothing was accepted, try again")
 
     @app.exception_handler(RetryableFailure)
     async def _retryable(_: Request, exc: RetryableFailure) -> JSONResponse:
         log.warning("ingest.retryable_failure", error=str(exc))
-        return _unavailable(f"{exc}; nothing was accepted, try again")
+        return unavailable(f"{exc}; nothing was accepted, try again")
+
+    @app.exception_handler(IncidentNotFound)
+    async def _not_found(_: Request, exc: IncidentNotFound) -> JSONResponse:
+        return JSONResponse(error_body("not_found", str(exc)), 404)
+
+    @app.exception_handler(IncidentClosed)
+    async def _closed(_: Request, exc: IncidentClosed) -> JSONResponse:
+        return JSONResponse(error_body("incident_resolved", str(exc)), 409)

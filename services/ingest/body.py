@@ -16,8 +16,8 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    """The request body parsed as JSON, read no further than ``limit`` bytes."""
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw request body, read no further than ``limit`` bytes (413 beyond)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the request body is over {limit} bytes")
@@ -26,6 +26,11 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge(f"the request body is over {limit} bytes")
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON, or :class:`MalformedBody` (400) saying why."""
     if not body.strip():
         raise MalformedBody("the request body is empty; expected a JSON object")
     try:

@@ -22,6 +22,7 @@ E2E_ENV = {
     "CLARION_SCHEDULER_LEASE_MS": "2000",
     "CLARION_EMAIL_RECIPIENTS": "alice@example.com,bob@example.org",
     "CLARION_INGEST_TOKEN": "e2e-token",
+    "CLARION_RESOLVE_HOLD": "2",
 }
 AUTH = {"Authorization": "Bearer e2e-token"}
 

@@ -99,10 +99,11 @@ async def test_an_alert_flows_from_webhook_to_email_status_page_and_delivery_log
         await eventually(lambda: _updates_due(redis, incident_id), what="an update due")
         mailbox.wait_for(lambda ms: len(ms) >= 4, timeout=30.0)
 
-        # Resolution: a closing email, and the updates stop.
+        # Recovery: "monitoring" at once; resolved once the hold (2 s here) is over, through
+        # the scheduler and back to ingest. Then a closing email, and the updates stop.
         resolved = await _post(client, system, RESOLVED)
         assert resolved["incident_id"] == incident_id
-        assert "incident.resolved" in resolved["events"]
+        assert resolved["events"] == ["incident.updated"]
         before_resolution = len(mailbox.messages)
         messages = mailbox.wait_for(
             lambda ms: any("resolved" in (m["Subject"] or "").lower() for m in ms), timeout=30.0
@@ -123,10 +124,14 @@ async def test_an_alert_flows_from_webhook_to_email_status_page_and_delivery_log
 
         await eventually(quiet_period_over, within=60, what="90 more scheduler ticks")
         assert len(await _updates_due(redis, incident_id)) == fired
-        after = mailbox.messages[before_resolution:]
-        assert [m for m in after if "update" in (m["Subject"] or "").lower()] == [], [
-            m["Subject"] for m in after
-        ]
+        since_recovery = mailbox.messages[before_resolution:]
+        subjects = [(m["Subject"] or "").lower() for m in since_recovery]
+        first_resolved = next(i for i, s in enumerate(subjects) if "resolved" in s)
+        monitoring = since_recovery[:first_resolved]
+        assert monitoring, "the recovery is announced before the resolution"
+        assert all("monitoring" in _text(m).lower() for m in monitoring)
+        after = subjects[first_resolved:]
+        assert [s for s in after if "update" in s] == [], after
 
 
 async def _group_caught_up(redis: Redis, stream: str, group: str) -> bool:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 
 from services.ingest.incident_actions import OperatorUpdate, acknowledge, post_update, resolve
 from services.ingest.incident_store import ApplyResult, IncidentNotFound
 from services.ingest.operator_models import (
-    ActionResult,
     AcknowledgeRequest,
+    ActionResult,
     IncidentList,
     IncidentView,
     ResolveRequest,
     UpdateRequest,
 )
-from services.ingest.state import IngestState, State, get_state
+from services.ingest.state import State, require_operator
 from shared.contracts import Incident
 from shared.incidents import load_incident, recent_incidents
 from shared.logs import bound, get_logger
@@ -29,11 +29,9 @@ from shared.logs import bound, get_logger
 log = get_logger("clarion.ingest.operator")
 
 
-async def require_operator(request: Request) -> None:
-    get_state(request).operator_auth(request)
-
-
-operator = APIRouter(prefix="/v1/incidents", tags=["operator"], dependencies=[Depends(require_operator)])
+operator = APIRouter(
+    prefix="/v1/incidents", tags=["operator"], dependencies=[Depends(require_operator)]
+)
 
 
 @operator.get("", summary="List incidents, newest first")
@@ -112,6 +110,3 @@ def _answer(action: str, result: ApplyResult) -> ActionResult:
     with bound(incident_id=incident.id):
         log.info(f"operator.{action}", events=result.events)
     return ActionResult(incident=IncidentView.of(incident), events=result.events)
-
-
-__all__ = ["IngestState", "operator"]

@@ -2,11 +2,11 @@
 
 Datadog POSTs a payload *template* with its ``$VARIABLES`` filled in, all as
 strings. The default template sends ``id``, ``title``, ``body``, ``date``,
-``last_updated``, ``event_type`` and ``org``; Clarion's setup guide adds more,
-each named after its variable in lower case (``"alert_transition":
-"$ALERT_TRANSITION"``, ``"tags": "$TAGS"``, ...). Every field but ``title`` (or
-``alert_title``) is optional, and a variable Datadog left unsubstituted counts
-as absent. One body is one alert.
+``last_updated``, ``event_type`` and ``org``; Clarion reads more when the
+template adds them, each named after its variable in lower case
+(``"alert_transition": "$ALERT_TRANSITION"``, ``"tags": "$TAGS"``, ...). Every
+field but ``title`` (or ``alert_title``) is optional, and a variable Datadog
+left unsubstituted counts as absent. One body is one alert.
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ FIRING_TRANSITIONS: Final = frozenset(
     {"triggered", "re-triggered", "warn", "re-warn", "no data", "re-no data", "renotify"}
 )
 RESOLVED_TRANSITIONS: Final = frozenset({"recovered"})
+# Resends of a firing alert: their ``$DATE`` is the resend's, not when the trouble began.
+REPEAT_TRANSITIONS: Final = frozenset({"re-triggered", "re-warn", "re-no data", "renotify"})
 
 # A template variable Datadog did not fill in: "$ALERT_ID", "$TAGS[team]".
 _PLACEHOLDER: Final = re.compile(r"\$[A-Z][A-Z0-9_]*(?:\[[^\]]*\])?")
 # Leading "[P1] [Triggered on {host:a}]" blocks of a Datadog title.
 _TITLE_BLOCK: Final = re.compile(r"\s*\[([^\]]*)\]\s*")
 _PRIORITY: Final = re.compile(r"[Pp][1-5]")
+# "Triggered on {host:a,env:prod}": the group of a multi-alert monitor, in a title block.
+_TITLE_SCOPE: Final = re.compile(r" on \{([^}]*)\}$")
+# Notification routing ("@webhook-clarion", "@slack-ops", "@jane@example.org"): not details.
+_MENTION: Final = re.compile(r"(?:^|[ \t]+)@[\w.@+-]*\w")
 
 
 def _without_placeholders(value: object) -> object:
@@ -208,15 +214,28 @@ def group_key_of(payload: DatadogWebhook) -> str:
     return f"{SOURCE}:{digest}"
 
 
+def _scope(payload: DatadogWebhook) -> str | None:
+    if payload.alert_scope:
+        return payload.alert_scope
+    for block in _title_blocks(payload.title)[0]:
+        if match := _TITLE_SCOPE.search(block):
+            return match.group(1)
+    return None
+
+
 def fingerprint_of(payload: DatadogWebhook) -> str:
-    """The same for every notification of one monitor group, resolved or not."""
-    scope = ",".join(sorted({f"{k}:{v}" for k, v in _tag_pairs(payload.alert_scope)}))
+    """The same for every notification of one monitor group (``$ALERT_SCOPE``, else the
+    title's "on {host:a}"), resolved or not."""
+    scope = ",".join(sorted({f"{k}:{v}" for k, v in _tag_pairs(_scope(payload))}))
     return hashlib.sha256(f"{_grouping(payload)}\x00{scope}".encode()).hexdigest()[:16]
 
 
 def _description(payload: DatadogWebhook) -> str:
+    """The monitor's message without its ``%%%`` markers and ``@`` mentions."""
     text = payload.text_only_msg or payload.body or payload.alert_status or ""
-    return "\n".join(line for line in text.strip().splitlines() if line.strip() != "%%%").strip()
+    lines = [_MENTION.sub("", line).rstrip() for line in text.splitlines()]
+    kept = "\n".join(line for line in lines if line.strip() != "%%%")
+    return re.sub(r"\n{3,}", "\n\n", kept).strip()
 
 
 def _annotations(payload: DatadogWebhook) -> dict[str, str]:
@@ -243,6 +262,7 @@ def parse(payload: DatadogWebhook, severities: SeverityMap = SEVERITIES) -> list
     labels = labels_of(payload)
     status = status_of(payload)
     when = payload.date or payload.last_updated
+    repeat = (payload.alert_transition or "").strip().lower() in REPEAT_TRANSITIONS
     summary = _title_blocks(payload.alert_title or payload.title)[1]
     return [
         Alert(
@@ -257,7 +277,7 @@ def parse(payload: DatadogWebhook, severities: SeverityMap = SEVERITIES) -> list
             impact=(payload.impact or payload.customer_impact or "").strip() or None,
             labels=labels,
             annotations=_annotations(payload),
-            starts_at=when if status is AlertStatus.FIRING else None,
+            starts_at=when if status is AlertStatus.FIRING and not repeat else None,
             ends_at=when if status is AlertStatus.RESOLVED else None,
             generator_url=payload.link or None,
         )

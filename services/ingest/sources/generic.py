@@ -18,7 +18,17 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 from services.ingest.severity import SeverityMap
 from shared.contracts import Alert, AlertStatus, Severity
@@ -31,10 +41,20 @@ SEVERITIES: Final = SeverityMap()
 SCHEMA_ID: Final = "urn:clarion:schema:generic-alert:v1"
 MAX_ALERTS: Final = 100
 MAX_ENTRIES: Final = 64
+# Longer fingerprints are hashed: they end up in logs and events.
+MAX_FINGERPRINT_LENGTH: Final = 64
 
-# Texts must hold something besides spaces ("\S" matches anywhere, as in JSON Schema).
-Headline = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
-Key = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank", "must not be blank")
+    return text
+
+
+# Not blank: in JSON Schema, a pattern "\S" (found anywhere) says the same.
+_NOT_BLANK = (AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"}))
+Headline = Annotated[str, StringConstraints(min_length=1, max_length=500), *_NOT_BLANK]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=255), *_NOT_BLANK]
 EntryName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 LabelValue = Annotated[str, StringConstraints(max_length=1024)]
 AnnotationValue = Annotated[str, StringConstraints(max_length=4096)]
@@ -42,34 +62,34 @@ AnnotationValue = Annotated[str, StringConstraints(max_length=4096)]
 EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
     {
         "version": "1",
-        "source": "backup-check.sh",
+        "source": "synthetic-checks",
         "alerts": [
             {
                 "status": "firing",
-                "title": "Nightly database backup failed",
-                "description": "pg_dump exited with status 1 on db-1.",
+                "title": "Checkout page returns errors",
+                "description": "3 of 5 probes in eu-west-1 got HTTP 500 in the last 5 minutes.",
                 "severity": "SEV2",
-                "fingerprint": "backup-db-1",
-                "group": "nightly-backups",
-                "service": "billing-db",
-                "impact": "Customers are not affected; a restore would use yesterday's backup.",
-                "labels": {"host": "db-1", "team": "data"},
-                "annotations": {"runbook_url": "https://runbooks.example.org/backups"},
-                "starts_at": "2026-11-23T02:15:00Z",
-                "url": "https://ci.example.org/jobs/backup/1234",
+                "fingerprint": "checkout-page-eu-west-1",
+                "group": "checkout",
+                "service": "checkout",
+                "impact": "Some customers cannot complete a purchase.",
+                "labels": {"probe": "checkout-page", "region": "eu-west-1"},
+                "annotations": {"runbook_url": "https://runbooks.example.org/checkout"},
+                "starts_at": "2026-11-23T14:30:00Z",
+                "url": "https://probes.example.org/checks/checkout-page",
             }
         ],
     },
     {
         "version": "1",
-        "source": "backup-check.sh",
+        "source": "synthetic-checks",
         "alerts": [
             {
                 "status": "resolved",
-                "title": "Nightly database backup failed",
-                "fingerprint": "backup-db-1",
-                "group": "nightly-backups",
-                "ends_at": "2026-11-23T03:05:00Z",
+                "title": "Checkout page returns errors",
+                "fingerprint": "checkout-page-eu-west-1",
+                "group": "checkout",
+                "ends_at": "2026-11-23T14:42:00Z",
             }
         ],
     },
@@ -78,7 +98,7 @@ EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
 
 
 class GenericAlert(BaseModel):
-    """One alert. It needs a ``title`` (or ``summary``); everything else is optional."""
+    """One alert. It needs a title (or summary); every other field is optional."""
 
     model_config = ConfigDict(
         frozen=True,
@@ -130,10 +150,17 @@ class GenericAlert(BaseModel):
         description="Where to see the alert (http or https).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_not_given(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     @model_validator(mode="after")
     def _has_a_headline(self) -> GenericAlert:
         if self.title is None and self.summary is None:
-            raise ValueError("an alert needs a title (or summary)")
+            raise PydanticCustomError("missing_title", "an alert needs a title (or summary)")
         return self
 
     @property
@@ -166,9 +193,24 @@ class GenericWebhook(BaseModel):
     alerts: list[GenericAlert] = Field(min_length=1, max_length=MAX_ALERTS)
 
 
+class _OmitNulls(GenerateJsonSchema):
+    """Optional fields shown as what to send (a string), not "string or null".
+
+    The models still accept ``null`` for an optional field, as "not given".
+    """
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of :class:`GenericWebhook`, as committed under ``docs/schemas``."""
-    return GenericWebhook.model_json_schema()
+    return GenericWebhook.model_json_schema(schema_generator=_OmitNulls)
 
 
 def severity_of(alert: GenericAlert, severities: SeverityMap = SEVERITIES) -> Severity:
@@ -178,9 +220,11 @@ def severity_of(alert: GenericAlert, severities: SeverityMap = SEVERITIES) -> Se
 
 
 def fingerprint_of(alert: GenericAlert) -> str:
-    """The sender's fingerprint, else one derived from the labels and the headline."""
-    if alert.fingerprint:
+    """The sender's fingerprint (hashed when long), else one from the labels and headline."""
+    if alert.fingerprint and len(alert.fingerprint) <= MAX_FINGERPRINT_LENGTH:
         return alert.fingerprint
+    if alert.fingerprint:
+        return hashlib.sha256(alert.fingerprint.encode()).hexdigest()
     canonical = json.dumps(
         {"labels": alert.labels, "title": alert.headline}, sort_keys=True, separators=(",", ":")
     )

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the ingest service, in a registry of their own.
+
+One :class:`IngestMetrics` per app: two apps in one process (tests) never
+register the same metric twice.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.rejected = Counter(
+            "clarion_ingest_rejected",
+            "Webhook requests answered with a 4xx, by source and reason.",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.alerts_accepted = Counter(
+            "clarion_ingest_alerts_accepted",
+            "Alerts accepted (stored durably), by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "clarion_ingest_request_duration_seconds",
+            "Time to answer a webhook request, by source and HTTP status.",
+            ["source", "status"],
+            registry=self.registry,
+        )
+
+    def count_rejected(self, source: str, reason: str) -> None:
+        self.rejected.labels(source=source, reason=reason).inc()
+
+    def count_accepted(self, source: str, alerts: int) -> None:
+        self.alerts_accepted.labels(source=source).inc(alerts)
+
+    def observe_request(self, source: str, status: int, seconds: float) -> None:
+        self.request_seconds.labels(source=source, status=str(status)).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text a ``/metrics`` endpoint answers, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
