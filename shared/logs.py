@@ -32,6 +32,8 @@ _LOG_KEYS_KEPT_AS_IS = frozenset(
         "message_id",
         "provider_message_id",
         "consumer",
+        "client",  # an IP address, which the phone-number masker would mangle
+        "incident_ids",
     }
 )
 

@@ -24,6 +24,9 @@ SECRET_KEY_PARTS: Final = (
     "signature",
     "cookie",
     "private_key",
+    "routing_key",
+    "service_key",
+    "integration_key",
 )
 
 _EMAIL = re.compile(r"(?P<local>[A-Za-z0-9._%+-]+)@(?P<domain>[A-Za-z0-9.-]+\.[A-Za-z]{2,})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import sys
 
 import uvicorn
 
@@ -14,16 +14,25 @@ from shared.settings import Settings
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.ingest_host,
-        port=settings.ingest_port,
-        log_config=None,  # keep the structlog setup
-        lifespan="on",
+    settings.require_redis_url()
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, on_fatal=on_fatal),
+            host=settings.ingest_host,
+            port=settings.ingest_port,
+            log_config=None,  # keep the structlog setup
+            lifespan="on",
+        )
     )
-    # uvicorn shuts down gracefully, then re-raises Ctrl-C: nothing left to report.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+    server.run()
+    if fatal:
+        sys.exit(1)  # a supervisor restarts ingest, which recreates its consumer group
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from fastapi.responses import JSONResponse
 from faststream.redis import RedisBroker
 from redis.exceptions import RedisError
 
-from services.ingest.credentials import all_credentials, any_credentials, known_secrets
+from services.ingest.credentials import all_credentials, known_secrets, log_auth_posture
 from services.ingest.handlers import resolution_consumer
 from services.ingest.incident_actions import IncidentClosed
 from services.ingest.incident_store import IncidentNotFound, IncidentStore
 from services.ingest.intake import Intake
 from services.ingest.metrics import IngestMetrics
-from services.ingest.rate_limit import RateLimiter
+from services.ingest.rate_limit import RateLimiter, parse_rate_limit
 from services.ingest.rejections import RejectionLog
 from services.ingest.routes.health import health
 from services.ingest.routes.operator import operator
@@ -69,7 +69,7 @@ def create_app(
     """The ingest app. ``on_fatal`` is called when consuming has stopped for good."""
     the_clock: Clock = clock or SystemClock()
     credentials = all_credentials(settings)  # a malformed credential fails here, at once
-    limiter = RateLimiter(settings.ingest_rate_limit)
+    parse_rate_limit(settings.ingest_rate_limit)  # and so does a malformed rate limit
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,7 +97,7 @@ def create_app(
             )
             intake = Intake(
                 credentials=credentials,
-                limiter=limiter,
+                limiter=RateLimiter(settings.ingest_rate_limit),  # bound to this event loop
                 rejections=rejections,
                 metrics=metrics,
                 clock=the_clock,
@@ -139,12 +139,7 @@ def create_app(
 
 
 def _warn_if_open(settings: Settings) -> None:
-    if not any_credentials(settings):
-        log.warning(
-            "ingest.loopback_only",
-            detail="no ingest credentials are configured (CLARION_INGEST_TOKEN or per-source); "
-            "webhooks are accepted from this host only",
-        )
+    log_auth_posture(settings, log)
     if settings.ops_token is None:
         log.warning(
             "ingest.ops_loopback_only",

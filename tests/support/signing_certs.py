@@ -1,4 +1,4 @@
-"""A stand-in for AWS SNS's signing key: a self-signed certificate, and messages signed with it.
+"""A stand-in for AWS SNS: a signing key, messages signed with it, and a host serving its cert.
 
 The string to sign is built here from AWS's documented rules, independently of
 the code under test, so a mistake there cannot cancel out in the tests.
@@ -7,14 +7,25 @@ the code under test, so a mistake there cannot cancel out in the tests.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # The fields SNS signs, per message type, in the order it signs them.
 _SIGNED_FIELDS = {
@@ -69,3 +80,87 @@ def signing_identity(now: datetime, common_name: str = "sns.amazonaws.com") -> S
         .sign(key, hashes.SHA256())
     )
     return SigningIdentity(key, certificate)
+
+
+@dataclass
+class FakeSnsHost:
+    """A loopback stand-in for ``sns.<region>.amazonaws.com``, counting requests by path.
+
+    ``/cert.pem`` serves the certificate and ``/confirm`` accepts a subscription;
+    ``/huge.pem`` (200 kB), ``/moved.pem`` (a redirect to ``/cert.pem``) and
+    ``/refuse`` (403) misbehave; any other path is a 404.
+    """
+
+    certificate_pem: bytes
+    base_url: str = ""
+    requests: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def url_pattern(self) -> str:
+        """A pattern that allows this host only, like CLARION_SNS_CERT_URL_PATTERN does AWS."""
+        return "^" + self.base_url.replace(".", r"\.") + "/"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def app(self) -> ASGIApp:
+        async def certificate(_: Request) -> Response:
+            return Response(self.certificate_pem, media_type="application/x-pem-file")
+
+        async def huge(_: Request) -> Response:
+            return Response(b"A" * 200_000)
+
+        async def moved(_: Request) -> Response:
+            return RedirectResponse("/cert.pem", status_code=302)
+
+        async def confirm(_: Request) -> Response:
+            return Response("<ConfirmSubscriptionResponse/>", media_type="text/xml")
+
+        async def refuse(_: Request) -> Response:
+            return Response("<Error/>", status_code=403, media_type="text/xml")
+
+        routes = [
+            Route("/cert.pem", certificate),
+            Route("/huge.pem", huge),
+            Route("/moved.pem", moved),
+            Route("/confirm", confirm),
+            Route("/refuse", refuse),
+        ]
+        inner = Starlette(routes=routes)
+
+        async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                self.requests[scope["path"]] += 1
+            await inner(scope, receive, send)
+
+        return counting
+
+
+@contextmanager
+def serving_fake_sns_host(identity: SigningIdentity) -> Iterator[FakeSnsHost]:
+    """Serve ``identity``'s certificate on 127.0.0.1 (uvicorn, in a thread) until exit."""
+    host = FakeSnsHost(identity.certificate_pem)
+    # Listening before uvicorn starts: connections wait in the backlog, no start-up race.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    host.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(
+        host.app(),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        http="h11",
+        loop="asyncio",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield host
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        assert not thread.is_alive(), "the fake SNS host did not stop"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
+from services.ingest.grouping import group_alerts
 from services.ingest.severity import configured
 from services.ingest.sources.generic import (
     EXAMPLES,
@@ -21,7 +22,6 @@ from services.ingest.sources.generic import (
     SEVERITIES,
     GenericAlert,
     GenericWebhook,
-    alerts_by_group,
     fingerprint_of,
     group_key_of,
     json_schema,
@@ -230,7 +230,7 @@ def test_alerts_of_a_body_may_belong_to_several_groups() -> None:
         ],
     }
 
-    groups = alerts_by_group(parse(model(data)))
+    groups = group_alerts(parse(model(data)))
 
     assert [[a.summary for a in alerts] for alerts in groups.values()] == [["a", "c"], ["b"]]
     assert list(groups) == [group_key_of(a) for a in model(data).alerts[:2]]

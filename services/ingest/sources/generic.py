@@ -6,8 +6,8 @@ The format is documented in ``docs/sources/generic.md``; its JSON Schema,
 and a test keeps the two in step.
 
 Unlike the other sources, one body may carry alerts of several groups (each
-alert's ``group``, by default its fingerprint): :func:`alerts_by_group` splits
-the parsed alerts into one batch per group key.
+alert's ``group``, by default its fingerprint); ingest's
+:func:`services.ingest.grouping.group_alerts` splits them into one batch per group.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -273,14 +273,6 @@ def _to_alert(alert: GenericAlert, sender: str | None, severities: SeverityMap) 
 def parse(payload: GenericWebhook, severities: SeverityMap = SEVERITIES) -> list[Alert]:
     """Every alert of the body, normalized, in payload order."""
     return [_to_alert(alert, payload.source, severities) for alert in payload.alerts]
-
-
-def alerts_by_group(alerts: Iterable[Alert]) -> dict[str, list[Alert]]:
-    """``alerts`` split by group key, groups and alerts in first-seen order."""
-    groups: dict[str, list[Alert]] = {}
-    for alert in alerts:
-        groups.setdefault(alert.group_key, []).append(alert)
-    return groups
 
 
 def _write_schema(out: Mapping[str, Any]) -> None:
