@@ -212,16 +212,19 @@ def dedup_key_of(payload: PagerDutyEvent) -> str:
 
 def group_key_of(payload: PagerDutyEvent) -> str:
     """One PagerDuty alert (routing key + dedup key) is one incident."""
-    identity = f"{payload.routing_key}\x00{dedup_key_of(payload)}"
+    return _group_key(payload.routing_key, dedup_key_of(payload))
+
+
+def _group_key(routing_key: str, dedup_key: str) -> str:
+    identity = f"{routing_key}\x00{dedup_key}"
     return f"{SOURCE}:{hashlib.sha256(identity.encode()).hexdigest()}"
 
 
-def fingerprint_of(payload: PagerDutyEvent) -> str:
+def _fingerprint(dedup_key: str) -> str:
     """The dedup key itself, hashed when it is too long to show."""
-    key = dedup_key_of(payload)
-    if len(key) <= MAX_FINGERPRINT_LENGTH:
-        return key
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+    if len(dedup_key) <= MAX_FINGERPRINT_LENGTH:
+        return dedup_key
+    return hashlib.sha256(dedup_key.encode()).hexdigest()[:32]
 
 
 def parse(payload: PagerDutyEvent, severities: SeverityMap = SEVERITIES) -> list[Alert]:
@@ -229,14 +232,15 @@ def parse(payload: PagerDutyEvent, severities: SeverityMap = SEVERITIES) -> list
     if is_acknowledge(payload):
         return []
     firing = payload.event_action == "trigger"
+    dedup_key = dedup_key_of(payload)
     details = payload.payload
     custom = details.custom_details if details and isinstance(details.custom_details, dict) else {}
     happened_at = _timestamp(details.timestamp if details else None)
     return [
         Alert(
             source=SOURCE,
-            group_key=group_key_of(payload),
-            fingerprint=fingerprint_of(payload),
+            group_key=_group_key(payload.routing_key, dedup_key),
+            fingerprint=_fingerprint(dedup_key),
             status=AlertStatus.FIRING if firing else AlertStatus.RESOLVED,
             severity=severities.of(details.severity if details else None),
             summary=details.summary.strip() if details else RESOLVED_SUMMARY,
@@ -259,7 +263,7 @@ def _text(value: object) -> str | None:
 def _service(details: PagerDutyPayload | None, custom: Mapping[str, Any]) -> str | None:
     """An explicit ``custom_details.service`` wins over what the component or source suggests."""
     if details is None:
-        return _text(custom.get("service"))
+        return None
     return _text(custom.get("service")) or _text(details.component) or _text(details.source)
 
 
