@@ -12,6 +12,7 @@ import contextlib
 import shlex
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +223,15 @@ async def _run_demo(options: UpOptions, stop: asyncio.Event) -> None:
             typer.echo(
                 f"\nDemo: sent the resolved alert; incident {answer.get('incident_id')} "
                 f"({', '.join(answer.get('events') or ['no new events'])}).\n"
-                f"  See the resolution on {endpoints.status_page} and in `clarion outbox`."
+                f"  The incident is now monitoring; it is announced resolved after "
+                f"CLARION_RESOLVE_HOLD ({_duration(options.settings.resolve_hold)}).\n"
+                f"  See it on {endpoints.status_page} and in `clarion outbox`."
             )
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    return f"{seconds // 60} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds} s"
 
 
 async def _post_sample(client: httpx.AsyncClient, url: str, sample: Path) -> dict[str, Any] | None:

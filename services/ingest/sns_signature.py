@@ -177,13 +177,13 @@ class SnsVerifier:
         age = self._clock.now() - message.published_at
         if age > self._max_age:
             raise StaleMessage(
-                f"the {message.type} message {message.message_id} was published at "
-                f"{message.timestamp}, over {self._max_age} ago"
+                f"{_described(message)} was published at {message.timestamp[:40]}, "
+                f"over {self._max_age} ago"
             )
         if age < -self._clock_skew:
             raise StaleMessage(
-                f"the {message.type} message {message.message_id} claims to be published "
-                f"in the future ({message.timestamp})"
+                f"{_described(message)} claims to be published in the future "
+                f"({message.timestamp[:40]})"
             )
 
     def _require_current(self, certificate: x509.Certificate) -> None:
@@ -213,7 +213,9 @@ def string_to_sign(message: SnsMessage) -> bytes:
 def require_known_topic(message: SnsMessage, topic_arns: Collection[str]) -> None:
     """Refuse a message from a topic not in ``topic_arns`` (an empty list allows any topic)."""
     if topic_arns and message.topic_arn not in topic_arns:
-        raise UnknownTopic(f"topic {message.topic_arn} is not one Clarion is configured to hear")
+        raise UnknownTopic(
+            f"topic {message.topic_arn[:256]!r} is not one Clarion is configured to hear"
+        )
 
 
 async def confirm_subscription(
@@ -249,6 +251,11 @@ def _require_allowed(pattern: re.Pattern[str], url: str, field: str) -> None:
         raise UntrustedUrl(f"{field} {_shown(url)} is not an allowed AWS SNS address")
 
 
+def _described(message: SnsMessage) -> str:
+    """Names the message in errors; its id is the sender's text, so it is bounded."""
+    return f"the {message.type} message {message.message_id[:80]!r}"
+
+
 def _shown(url: str) -> str:
     """The URL without its query (a SubscribeURL's query holds the token), bounded."""
     return repr(url.partition("?")[0][:120])
@@ -271,6 +278,6 @@ def _require_signed(certificate: x509.Certificate, signature: bytes, message: Sn
         key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
     except InvalidSignature:
         raise BadSignature(
-            f"the {message.type} message {message.message_id} does not match its signature "
+            f"{_described(message)} does not match its signature "
             f"(SignatureVersion {message.signature_version})"
         ) from None

@@ -58,7 +58,9 @@ class Up:
 
 
 @asynccontextmanager
-async def running_up(tmp_path: Path, *options: str) -> AsyncIterator[Up]:
+async def running_up(
+    tmp_path: Path, *options: str, env_extra: dict[str, str] | None = None
+) -> AsyncIterator[Up]:
     """``clarion up *options`` as a process, once it has printed that it is ready."""
     ingest_port, dispatcher_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
@@ -69,6 +71,7 @@ async def running_up(tmp_path: Path, *options: str) -> AsyncIterator[Up]:
             "CLARION_DISPATCHER_PORT": str(dispatcher_port),
             "CLARION_INGEST_TOKEN": TOKEN,
             "CLARION_LOG_FORMAT": "json",
+            **(env_extra or {}),
         }
     )
     process = await asyncio.create_subprocess_exec(
@@ -252,7 +255,8 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
 
 
 async def test_demo_sends_an_alert_then_resolves_it(tmp_path: Path) -> None:
-    async with running_up(tmp_path, "--demo", "--resolve-after", "1") as up:
+    hold = {"CLARION_RESOLVE_HOLD": "1"}  # "monitoring" for a second, then resolved
+    async with running_up(tmp_path, "--demo", "--resolve-after", "1", env_extra=hold) as up:
         runtime = json.loads((up.data_dir / RUNTIME_FILE).read_text())
         redis = Redis.from_url(runtime["redis_url"])
         try:

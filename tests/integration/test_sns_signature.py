@@ -50,6 +50,7 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 TOPIC = "arn:aws:sns:us-west-2:123456789012:clarion-alarms"
+_NOWHERE = FakeSnsHost(b"", base_url="http://127.0.0.1:9")  # for messages never fetched
 
 
 @pytest.fixture(scope="module")
@@ -380,9 +381,6 @@ class _FetchRefused:
 
     async def certificate(self, url: str) -> x509.Certificate:
         raise _Fetched(url)
-
-
-_NOWHERE = FakeSnsHost(b"", base_url="http://127.0.0.1:9")
 
 
 def test_string_to_sign_follows_the_documented_example() -> None:

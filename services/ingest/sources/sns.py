@@ -236,7 +236,7 @@ def _alarm_alert(
         fingerprint=identity[:16],
         status=AlertStatus.FIRING if firing else AlertStatus.RESOLVED,
         severity=severity_of(alarm, severities),
-        summary=alarm.alarm_name.strip() or alarm.alarm_name,
+        summary=alarm.alarm_name.strip() or "CloudWatch alarm",
         description=_without_markers(alarm.alarm_description, severities)
         or (alarm.new_state_reason or "").strip(),
         service=_service(alarm),
@@ -300,7 +300,7 @@ def _message_alert(notification: SnsNotification, severities: SeverityMap) -> Al
         status=AlertStatus.FIRING,
         severity=_marked_severity((notification.subject, summary), severities),
         summary=summary,
-        description=notification.message.strip()[: MAX_SUMMARY_LENGTH * 5],
+        description=notification.message.strip()[:MAX_DESCRIPTION_LENGTH],
         labels={"topic_arn": notification.topic_arn},
         starts_at=_instant(notification.timestamp),
     )
