@@ -51,6 +51,15 @@ def error_body(code: str, message: str, fields: list[FieldError] | None = None) 
     return {"error": body}
 
 
+def unavailable(message: str, retry_after_seconds: int = 5) -> JSONResponse:
+    """A 503 that tells the caller nothing was done and when to try again."""
+    return JSONResponse(
+        error_body("unavailable", message),
+        503,
+        headers={"Retry-After": str(retry_after_seconds)},
+    )
+
+
 def field_errors(exc: ValidationError | RequestValidationError) -> list[FieldError]:
     """pydantic's errors as (dotted field path, reason), skipping FastAPI's ``body`` prefix."""
     result = []

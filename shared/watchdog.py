@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from faststream.redis import RedisBroker
+
+from shared.logs import get_logger
 
 
 def stopped_subscribers(broker: RedisBroker) -> list[str]:
@@ -35,3 +38,18 @@ async def watch_subscribers(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
     return []
+
+
+async def report_stopped_subscribers(
+    broker: RedisBroker,
+    stop: asyncio.Event,
+    on_fatal: Callable[[str], None] | None,
+    service: str,
+) -> None:
+    """Watch until ``stop``; if a subscriber stops first, log it and call ``on_fatal``."""
+    stopped = await watch_subscribers(broker, stop)
+    if stopped:
+        reason = f"consumers stopped on {', '.join(stopped)}; the process must restart"
+        get_logger(f"clarion.{service}").critical(f"{service}.consumers_stopped", streams=stopped)
+        if on_fatal is not None:
+            on_fatal(reason)

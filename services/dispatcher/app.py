@@ -26,7 +26,7 @@ from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
-from shared.watchdog import watch_subscribers
+from shared.watchdog import report_stopped_subscribers
 
 log = get_logger("clarion.dispatcher")
 
@@ -66,7 +66,9 @@ def create_app(
             )
             await broker.start()
             stopping = asyncio.Event()
-            watchdog = asyncio.create_task(_watch(broker, stopping, on_fatal))
+            watchdog = asyncio.create_task(
+                report_stopped_subscribers(broker, stopping, on_fatal, "dispatcher")
+            )
             log.info(
                 "dispatcher.started",
                 consumer=settings.consumer_name,
@@ -88,14 +90,3 @@ def create_app(
     app.include_router(public)
     app.include_router(ops)
     return app
-
-
-async def _watch(
-    broker: RedisBroker, stopping: asyncio.Event, on_fatal: Callable[[str], None] | None
-) -> None:
-    stopped = await watch_subscribers(broker, stopping)
-    if stopped:
-        reason = f"consumers stopped on {', '.join(stopped)}; the process must restart"
-        log.critical("dispatcher.consumers_stopped", streams=stopped)
-        if on_fatal is not None:
-            on_fatal(reason)

@@ -37,14 +37,13 @@ from services.ingest.sns_signature import HttpCertificateFetcher, SnsVerifier
 from services.ingest.state import IngestState
 from shared.clock import Clock, SystemClock
 from shared.errors import RetryableFailure
-from shared.http_errors import error_body, install_error_handlers
+from shared.http_errors import error_body, install_error_handlers, unavailable
 from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
 from shared.streams import REJECTIONS
-from shared.watchdog import watch_subscribers
+from shared.watchdog import report_stopped_subscribers
 
-RETRY_AFTER_SECONDS: Final = "5"
 HTTP_TIMEOUT_SECONDS: Final = 10.0
 
 DESCRIPTION: Final = """
@@ -112,7 +111,9 @@ def create_app(
             )
             await broker.start()
             stopping = asyncio.Event()
-            watchdog = asyncio.create_task(_watch(broker, stopping, on_fatal))
+            watchdog = asyncio.create_task(
+                report_stopped_subscribers(broker, stopping, on_fatal, "ingest")
+            )
             _warn_if_open(settings)
             log.info("ingest.started", host=settings.ingest_host, port=settings.ingest_port)
             try:
@@ -145,23 +146,6 @@ def _warn_if_open(settings: Settings) -> None:
             "ingest.ops_loopback_only",
             detail="CLARION_OPS_TOKEN is not set: the operator API answers this host only",
         )
-
-
-async def _watch(
-    broker: RedisBroker, stopping: asyncio.Event, on_fatal: Callable[[str], None] | None
-) -> None:
-    stopped = await watch_subscribers(broker, stopping)
-    if stopped:
-        reason = f"consumers stopped on {', '.join(stopped)}; the process must restart"
-        log.critical("ingest.consumers_stopped", streams=stopped)
-        if on_fatal is not None:
-            on_fatal(reason)
-
-
-def unavailable(message: str) -> JSONResponse:
-    return JSONResponse(
-        error_body("unavailable", message), 503, headers={"Retry-After": RETRY_AFTER_SECONDS}
-    )
 
 
 def _install_ingest_error_handlers(app: FastAPI) -> None:

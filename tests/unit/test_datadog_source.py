@@ -23,6 +23,7 @@ from services.ingest.sources.datadog import (
 )
 from shared.contracts import AlertStatus, Severity
 from tests.conftest import load_fixture
+from tests.support.strategies import json_values
 
 TEMPLATE = "datadog_webhook_default_payload_template.json"
 TRIGGERED_AT = datetime(2026, 11, 23, 14, 30, 24, tzinfo=UTC)
@@ -83,12 +84,6 @@ RECOVERED = {
     "$ALERT_TRANSITION": "Recovered",
     "$ALERT_TYPE": "success",
 }
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 def substitute(template: Any, values: dict[str, str]) -> Any:

@@ -30,18 +30,13 @@ from services.ingest.sources.generic import (
 )
 from shared.contracts import AlertStatus, Severity
 from tests.conftest import load_fixture
+from tests.support.strategies import json_values
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "docs" / "schemas" / "generic-alert-v1.schema.json"
 DOC_FILE = ROOT / "docs" / "sources" / "generic.md"
 FIRING = "generic_alert_v1_firing.json"
 RESOLVED = "generic_alert_v1_resolved.json"
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 def committed_schema() -> dict[str, Any]:

@@ -21,16 +21,11 @@ from services.ingest.sources.grafana import (
 )
 from shared.contracts import AlertStatus, Severity
 from tests.conftest import load_fixture
+from tests.support.strategies import json_values
 
 FIRING = "grafana_webhook_v1_firing.json"
 CEST = timezone(timedelta(hours=2))
 ENDED = "2021-10-12T10:12:03.157076+02:00"
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 def webhook() -> dict[str, Any]:

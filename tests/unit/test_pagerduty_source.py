@@ -26,6 +26,7 @@ from services.ingest.sources.pagerduty import (
 )
 from shared.contracts import AlertStatus, Severity
 from tests.conftest import load_fixture
+from tests.support.strategies import json_values, mutated
 
 TRIGGER = "pagerduty_events_v2_trigger_devdocs.json"
 RESOLVE = "pagerduty_events_v2_resolve.json"
@@ -273,32 +274,7 @@ def test_operators_can_remap_pagerduty_severities() -> None:
 
 # Arbitrary JSON: rejected with a ValidationError, or parsed without any other exception.
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
-_DROP = object()
-
-
-def _mutated(
-    valid: st.SearchStrategy[dict[str, Any]], fields: tuple[str, ...]
-) -> st.SearchStrategy[dict[str, Any]]:
-    """Valid objects with up to two fields replaced by arbitrary JSON (or dropped)."""
-    names = st.sampled_from(fields) | st.text(max_size=8)
-    changes = st.dictionaries(names, _json | st.just(_DROP), max_size=2)
-    return st.tuples(valid, changes).map(
-        lambda pair: {
-            name: value for name, value in {**pair[0], **pair[1]}.items() if value is not _DROP
-        }
-    )
-
-
-_payloads = _mutated(
+_payloads = mutated(
     st.fixed_dictionaries(
         {
             "summary": st.text(max_size=1100).filter(str.strip),
@@ -310,12 +286,12 @@ _payloads = _mutated(
             | st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
             "component": st.text(max_size=10),
             "class": st.text(max_size=10),
-            "custom_details": _json,
+            "custom_details": json_values,
         },
     ),
     ("summary", "source", "severity", "timestamp", "component", "custom_details"),
 )
-_events = _mutated(
+_events = mutated(
     st.fixed_dictionaries(
         {
             "routing_key": st.text(max_size=40).filter(str.strip),
@@ -334,7 +310,7 @@ _events = _mutated(
 )
 
 
-@given(st.one_of(_json, _events))
+@given(st.one_of(json_values, _events))
 def test_any_json_is_rejected_cleanly_or_parsed(data: Any) -> None:
     try:
         payload = PagerDutyEvent.model_validate(data)

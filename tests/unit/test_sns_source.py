@@ -23,6 +23,7 @@ from services.ingest.sources.sns import (
 from shared.contracts import AlertStatus, Severity
 from shared.errors import InvalidPayload
 from tests.conftest import load_fixture
+from tests.support.strategies import json_values, mutated
 
 NOTIFICATION = "aws_sns_http_notification.json"
 SUBSCRIPTION = "aws_sns_http_subscription_confirmation.json"
@@ -276,32 +277,7 @@ def test_operators_can_change_the_default_and_words() -> None:
 
 # Arbitrary JSON: rejected with a ValidationError, or parsed without any other exception.
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
-_DROP = object()
-
-
-def _mutated(
-    valid: st.SearchStrategy[dict[str, Any]], fields: tuple[str, ...]
-) -> st.SearchStrategy[dict[str, Any]]:
-    """Valid objects with up to two fields replaced by arbitrary JSON (or dropped)."""
-    names = st.sampled_from(fields) | st.text(max_size=8)
-    changes = st.dictionaries(names, _json | st.just(_DROP), max_size=2)
-    return st.tuples(valid, changes).map(
-        lambda pair: {
-            name: value for name, value in {**pair[0], **pair[1]}.items() if value is not _DROP
-        }
-    )
-
-
-_alarms = _mutated(
+_alarms = mutated(
     st.fixed_dictionaries(
         {
             "AlarmName": st.text(max_size=10),
@@ -314,7 +290,7 @@ _alarms = _mutated(
             "Trigger": st.fixed_dictionaries(
                 {},
                 optional={
-                    "Namespace": _json,
+                    "Namespace": json_values,
                     "Dimensions": st.lists(
                         st.fixed_dictionaries({"name": st.text(), "value": st.text()})
                     ),
@@ -324,7 +300,7 @@ _alarms = _mutated(
     ),
     ("AlarmName", "NewStateValue", "AlarmDescription", "AlarmArn", "StateChangeTime", "Trigger"),
 )
-_messages = _mutated(
+_messages = mutated(
     st.fixed_dictionaries(
         {
             "Type": st.sampled_from(
@@ -346,7 +322,7 @@ _messages = _mutated(
 )
 
 
-@given(st.one_of(_json, _messages))
+@given(st.one_of(json_values, _messages))
 def test_any_json_is_rejected_cleanly_or_parsed(data: Any) -> None:
     try:
         message = SNS_MESSAGE.validate_python(data)

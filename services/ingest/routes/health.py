@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from shared.http_errors import error_body
+from shared.http_errors import unavailable
 from shared.logs import get_logger
 from shared.watchdog import stopped_subscribers
 
@@ -34,18 +34,14 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Health | JSONResponse:
     state = getattr(request.app.state, "ingest", None)
     if state is None:
-        return _unavailable("ingest is not started")
+        return unavailable("ingest is not started")
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             await state.redis.ping()
     except (RedisError, OSError) as exc:  # TimeoutError is an OSError
         log.warning("ingest.not_ready", error=f"{type(exc).__name__}: {exc}")
-        return _unavailable("Redis is not reachable")
+        return unavailable("Redis is not reachable")
     stopped = stopped_subscribers(state.broker)
     if stopped:
-        return _unavailable(f"not consuming {', '.join(stopped)}")
+        return unavailable(f"not consuming {', '.join(stopped)}")
     return Health()
-
-
-def _unavailable(message: str) -> JSONResponse:
-    return JSONResponse(error_body("unavailable", message), 503, headers={"Retry-After": "5"})

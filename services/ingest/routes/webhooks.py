@@ -8,14 +8,22 @@ durably in Redis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from services.ingest.openapi_docs import json_body
+from services.ingest.severity import SeverityMap
 from services.ingest.sources import alertmanager, datadog, generic, grafana
 from services.ingest.state import Accepted, State
+from shared.contracts import Alert
 from shared.logs import get_logger
+
+P = TypeVar("P", bound=BaseModel)
 
 log = get_logger("clarion.ingest")
 
@@ -60,6 +68,54 @@ def answer(source: str, alerts: int, accepted: Accepted, state: State) -> Accept
     )
 
 
+@dataclass(frozen=True)
+class BatchSource(Generic[P]):
+    """A source whose body is one validated model holding a batch of alerts."""
+
+    name: str
+    model: type[P]
+    parse: Callable[[P, SeverityMap], list[Alert]]
+    severities: SeverityMap
+    count: Callable[[P], int] = lambda _: 1
+    truncated: Callable[[P], int] = lambda _: 0
+    external_url: Callable[[P], str | None] = lambda _: None
+
+
+ALERTMANAGER = BatchSource(
+    alertmanager.SOURCE,
+    alertmanager.AlertmanagerWebhook,
+    alertmanager.parse,
+    alertmanager.SEVERITIES,
+    count=lambda p: len(p.alerts),
+    truncated=lambda p: p.truncated_alerts,
+    external_url=lambda p: p.external_url,
+)
+GRAFANA = BatchSource(
+    grafana.SOURCE,
+    grafana.GrafanaWebhook,
+    grafana.parse,
+    grafana.SEVERITIES,
+    count=lambda p: len(p.alerts),
+    truncated=lambda p: p.truncated_alerts,
+    external_url=lambda p: p.external_url,
+)
+DATADOG = BatchSource(datadog.SOURCE, datadog.DatadogWebhook, datadog.parse, datadog.SEVERITIES)
+
+
+async def receive_batch(request: Request, state: State, source: BatchSource[P]) -> AcceptedAnswer:
+    """Receive, validate, parse and accept one webhook of ``source``."""
+    async with state.intake.session(request, source.name) as session:
+        await session.receive()
+        payload = session.model(source.model)
+        session.check_count(source.count(payload))
+        alerts = source.parse(payload, state.severities(source.name, source.severities))
+        truncated = source.truncated(payload)
+        accepted = await state.accept(alerts, truncated, source.external_url(payload))
+    if truncated:
+        log.warning("alerts.truncated", source=source.name, truncated=truncated)
+    return answer(source.name, len(alerts), accepted, state)
+
+
 @webhooks.post(
     "/alertmanager",
     status_code=202,
@@ -68,18 +124,7 @@ def answer(source: str, alerts: int, accepted: Accepted, state: State) -> Accept
     openapi_extra=json_body(alertmanager.AlertmanagerWebhook, "alertmanager_firing.json"),
 )
 async def alertmanager_webhook(request: Request, state: State) -> AcceptedAnswer:
-    source = alertmanager.SOURCE
-    async with state.intake.session(request, source) as session:
-        await session.receive()
-        payload = session.model(alertmanager.AlertmanagerWebhook)
-        session.check_count(len(payload.alerts))
-        alerts = alertmanager.parse(payload, state.severities(source, alertmanager.SEVERITIES))
-        accepted = await state.accept(
-            alerts, truncated=payload.truncated_alerts, external_url=payload.external_url
-        )
-    if payload.truncated_alerts:
-        log.warning("alerts.truncated", source=source, truncated=payload.truncated_alerts)
-    return answer(source, len(alerts), accepted, state)
+    return await receive_batch(request, state, ALERTMANAGER)
 
 
 @webhooks.post(
@@ -92,16 +137,7 @@ async def alertmanager_webhook(request: Request, state: State) -> AcceptedAnswer
     openapi_extra=json_body(grafana.GrafanaWebhook, "grafana_firing.json"),
 )
 async def grafana_webhook(request: Request, state: State) -> AcceptedAnswer:
-    source = grafana.SOURCE
-    async with state.intake.session(request, source) as session:
-        await session.receive()
-        payload = session.model(grafana.GrafanaWebhook)
-        session.check_count(len(payload.alerts))
-        alerts = grafana.parse(payload, state.severities(source, grafana.SEVERITIES))
-        accepted = await state.accept(
-            alerts, truncated=payload.truncated_alerts, external_url=payload.external_url
-        )
-    return answer(source, len(alerts), accepted, state)
+    return await receive_batch(request, state, GRAFANA)
 
 
 @webhooks.post(
@@ -112,13 +148,7 @@ async def grafana_webhook(request: Request, state: State) -> AcceptedAnswer:
     openapi_extra=json_body(datadog.DatadogWebhook, "datadog_triggered.json"),
 )
 async def datadog_webhook(request: Request, state: State) -> AcceptedAnswer:
-    source = datadog.SOURCE
-    async with state.intake.session(request, source) as session:
-        await session.receive()
-        payload = session.model(datadog.DatadogWebhook)
-        alerts = datadog.parse(payload, state.severities(source, datadog.SEVERITIES))
-        accepted = await state.accept(alerts)
-    return answer(source, len(alerts), accepted, state)
+    return await receive_batch(request, state, DATADOG)
 
 
 @webhooks.post(

@@ -12,13 +12,14 @@ name wins).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.ingest.severity import SeverityMap
+from services.ingest.sources import labelled
+from services.ingest.sources.labelled import LabelledAlert, canonical, null_as_empty
 from shared.contracts import Alert, AlertStatus, Severity
 
 SOURCE: Final = "grafana"
@@ -36,33 +37,10 @@ EXTRA_ANNOTATIONS: Final = (
     "value_string",
 )
 
-# Go's zero time: Grafana's way of saying "not set" (endsAt of a firing alert).
-_GO_ZERO_TIME_PREFIX: Final = "0001-01-01"
 
+class GrafanaAlert(LabelledAlert):
+    """One entry of ``alerts[]``: Alertmanager's shape, plus Grafana's links and values."""
 
-def _unset_zero_time(value: object) -> object:
-    if isinstance(value, str) and (not value or value.startswith(_GO_ZERO_TIME_PREFIX)):
-        return None
-    return value
-
-
-def _null_as_empty(value: object) -> object:
-    # Go marshals a nil map as ``null``.
-    return {} if value is None else value
-
-
-class GrafanaAlert(BaseModel):
-    """One entry of ``alerts[]``. Unknown newer fields are accepted and ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-    status: AlertStatus
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: AwareDatetime | None = Field(default=None, alias="startsAt")
-    ends_at: AwareDatetime | None = Field(default=None, alias="endsAt")
-    generator_url: str | None = Field(default=None, alias="generatorURL")
-    fingerprint: str | None = None
     silence_url: str | None = Field(default=None, alias="silenceURL")
     dashboard_url: str | None = Field(default=None, alias="dashboardURL")
     panel_url: str | None = Field(default=None, alias="panelURL")
@@ -70,8 +48,7 @@ class GrafanaAlert(BaseModel):
     values: dict[str, float | None] = Field(default_factory=dict)
     value_string: str | None = Field(default=None, alias="valueString")
 
-    _zero_times = field_validator("starts_at", "ends_at", mode="before")(_unset_zero_time)
-    _null_maps = field_validator("labels", "annotations", "values", mode="before")(_null_as_empty)
+    _null_values = field_validator("values", mode="before")(null_as_empty)
 
 
 class GrafanaWebhook(BaseModel):
@@ -101,16 +78,12 @@ class GrafanaWebhook(BaseModel):
 
     _null_maps = field_validator(
         "group_labels", "common_labels", "common_annotations", mode="before"
-    )(_null_as_empty)
+    )(null_as_empty)
 
 
 def severity_of(labels: Mapping[str, str], severities: SeverityMap = SEVERITIES) -> Severity:
     """The severity named by the ``severity`` (else ``priority``) label."""
-    return severities.of(labels.get("severity") or labels.get("priority"))
-
-
-def _canonical(labels: Mapping[str, str]) -> str:
-    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+    return labelled.severity_of(labels, severities)
 
 
 def group_key_of(payload: GrafanaWebhook) -> str:
@@ -119,16 +92,10 @@ def group_key_of(payload: GrafanaWebhook) -> str:
     Built from the organization, the receiver and Grafana's ``groupKey`` (its
     ``groupLabels`` when a sender leaves ``groupKey`` out).
     """
-    grouping = payload.group_key or _canonical(payload.group_labels)
+    grouping = payload.group_key or canonical(payload.group_labels)
     org = "" if payload.org_id is None else str(payload.org_id)
     digest = hashlib.sha256(f"{org}\x00{payload.receiver}\x00{grouping}".encode()).hexdigest()
     return f"{SOURCE}:{digest}"
-
-
-def _fingerprint(alert: GrafanaAlert) -> str:
-    if alert.fingerprint:
-        return alert.fingerprint
-    return hashlib.sha256(_canonical(alert.labels).encode()).hexdigest()[:16]
 
 
 def _number(value: float | None) -> str:
@@ -150,44 +117,16 @@ def _extras(alert: GrafanaAlert) -> dict[str, str]:
     return {key: text.strip() for key, text in extras.items() if text and text.strip()}
 
 
-def _plain(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _impact(annotations: Mapping[str, str]) -> str | None:
-    for name in ("impact", "customer_impact"):
-        text = annotations.get(name, "").strip()
-        if text:
-            return text
-    return None
-
-
-def _to_alert(alert: GrafanaAlert, group_key: str, severities: SeverityMap) -> Alert:
-    labels, annotations = alert.labels, alert.annotations
-    summary = (
-        _plain(annotations.get("summary", ""))
-        or _plain(labels.get("alertname", ""))
-        or "Unnamed alert"
-    )
-    return Alert(
-        source=SOURCE,
-        group_key=group_key,
-        fingerprint=_fingerprint(alert),
-        status=alert.status,
-        severity=severity_of(labels, severities),
-        summary=summary,
-        description=annotations.get("description", "").strip(),
-        service=labels.get("service") or labels.get("job") or None,
-        impact=_impact(annotations),
-        labels=dict(labels),
-        annotations={**_extras(alert), **annotations},
-        starts_at=alert.starts_at,
-        ends_at=alert.ends_at,
-        generator_url=alert.generator_url or None,
-    )
-
-
 def parse(payload: GrafanaWebhook, severities: SeverityMap = SEVERITIES) -> list[Alert]:
     """Every alert of the webhook, normalized, in payload order."""
     group_key = group_key_of(payload)
-    return [_to_alert(alert, group_key, severities) for alert in payload.alerts]
+    return [
+        labelled.to_alert(
+            alert,
+            source=SOURCE,
+            group_key=group_key,
+            severities=severities,
+            extra_annotations=_extras(alert),
+        )
+        for alert in payload.alerts
+    ]
