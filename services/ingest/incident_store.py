@@ -10,7 +10,7 @@ instances retry instead of splitting or doubling an incident.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -70,8 +70,12 @@ class IncidentStore:
         alerts: list[Alert],
         truncated: int = 0,
         external_url: str | None = None,
+        aliases: Collection[str] = (),
     ) -> ApplyResult:
         """Correlate ``alerts`` with the group's open incident and store the outcome.
+
+        ``aliases`` are other group keys to point at the incident while it is open
+        (the sources' own keys of alerts regrouped by label).
 
         Returns only once the new state and its events are in Redis. Raises
         :class:`RetryableFailure` when other writers keep winning the race, and
@@ -89,7 +93,7 @@ class IncidentStore:
                 hold=self._hold,
             )
 
-        return await self._transact(open_incident_key(group_key), None, change)
+        return await self._transact(open_incident_key(group_key), None, change, aliases)
 
     async def change(self, incident_id: str, action: IncidentAction) -> ApplyResult:
         """Apply ``action`` to the incident ``incident_id``; :class:`IncidentNotFound` if none."""
@@ -105,7 +109,9 @@ class IncidentStore:
         """Apply ``action`` to the group's open incident; nothing happens when there is none."""
 
         def change(current: Incident | None, now: datetime) -> Correlation:
-            return Correlation(None) if current is None else action(current, now)
+            if current is None or not current.is_open:  # a stale alias of a resolved one
+                return Correlation(None)
+            return action(current, now)
 
         return await self._transact(open_incident_key(group_key), None, change)
 
@@ -114,6 +120,7 @@ class IncidentStore:
         open_key: str | None,
         incident_id: str | None,
         change: Callable[[Incident | None, datetime], Correlation],
+        aliases: Collection[str] = (),
     ) -> ApplyResult:
         for _ in range(MAX_ATTEMPTS):
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -127,7 +134,7 @@ class IncidentStore:
                         await pipe.watch(pointer)
                     points_here = as_text(await pipe.get(pointer) or b"") == outcome.incident.id
                     pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                    await self._queue_writes(pipe, pointer, points_here, outcome)
+                    await self._queue_writes(pipe, pointer, points_here, outcome, aliases)
                     await pipe.execute()
                 except WatchError:
                     log.debug("incident_store.retry", open_key=open_key, incident_id=incident_id)
@@ -155,7 +162,12 @@ class IncidentStore:
         return Incident.model_validate_json(raw)
 
     async def _queue_writes(
-        self, pipe: Pipeline, pointer: str, points_here: bool, outcome: Correlation
+        self,
+        pipe: Pipeline,
+        pointer: str,
+        points_here: bool,
+        outcome: Correlation,
+        aliases: Collection[str],
     ) -> None:
         incident = outcome.incident
         assert incident is not None
@@ -163,6 +175,8 @@ class IncidentStore:
         pipe.zadd(INCIDENTS_BY_TIME, {incident.id: incident.opened_at.timestamp()})
         if incident.is_open:
             pipe.set(pointer, incident.id)
+            for alias in aliases:  # a stale alias points at a resolved incident: harmless
+                pipe.set(open_incident_key(alias), incident.id)
         elif points_here:
             # A resolved group that fires again later opens a new incident.
             pipe.delete(pointer)

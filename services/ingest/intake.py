@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from services.ingest.body import parse_json, read_body, validate
@@ -24,7 +25,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.rate_limit import RateLimiter
 from services.ingest.rejections import RejectionLog
 from shared.clock import Clock
-from shared.errors import BodyTooLarge, ClarionError
+from shared.errors import BodyTooLarge, ClarionError, RetryableFailure
 from shared.logs import get_logger
 
 M = TypeVar("M", bound=BaseModel)
@@ -41,6 +42,7 @@ class Session:
     source: str
     body: bytes | None = None
     scheme: str | None = None
+    status: int = 202  # what the route answers when nothing goes wrong; it may change it
 
     @property
     def client(self) -> str | None:
@@ -98,9 +100,12 @@ class Intake:
         """One request from ``source``; client errors raised inside are recorded, then re-raised."""
         session = Session(self, request, source)
         started = time.perf_counter()
-        status = 202
+        status: int | None = None
         try:
             yield session
+        except (RetryableFailure, RedisError):
+            status = 503  # nothing accepted, and not the sender's fault: no rejection
+            raise
         except ClarionError as exc:
             declared = request.headers.get("content-length", "")
             rejection = await self.rejections.record_error(
@@ -116,4 +121,5 @@ class Intake:
             status = 500
             raise
         finally:
-            self.metrics.observe_request(source, status, time.perf_counter() - started)
+            answered = session.status if status is None else status
+            self.metrics.observe_request(source, answered, time.perf_counter() - started)

@@ -52,8 +52,12 @@ class IngestState:
     ) -> Accepted:
         """Store every alert with its group's incident; returns once all of it is durable."""
         results: list[ApplyResult] = []
-        for group_key, group in group_alerts(alerts, self.settings.group_by).items():
-            results.append(await self.store.apply(group_key, group, truncated, external_url))
+        for group in group_alerts(alerts, self.settings.group_by).values():
+            results.append(
+                await self.store.apply(
+                    group.key, group.alerts, truncated, external_url, aliases=group.aliases
+                )
+            )
         return Accepted(
             incident_ids=[r.incident_id for r in results if r.incident_id],
             events=[event for r in results for event in r.events],

@@ -222,6 +222,30 @@ async def test_update_changes_the_incident_and_publishes_the_operators_words(
     assert update.occurred_at == T0 + timedelta(minutes=3)
 
 
+async def test_the_operators_headline_survives_alerts_that_arrive_later(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    incident_id = await open_incident(client)
+    await client.post(f"/v1/incidents/{incident_id}/updates", json=UPDATE, headers=AUTH)
+    later = load_fixture(ALERTMANAGER)
+    later["alerts"][0].update(
+        fingerprint="0a1b2c3d4e5f6a7b",
+        labels={**later["alerts"][0]["labels"], "instance": "checkout-3:8080"},
+        annotations={"summary": "Checkout-3 is down too", "impact": "Everything is on fire."},
+    )
+
+    response = await client.post("/v1/alerts/alertmanager", json=later)
+
+    assert response.status_code == 202
+    assert response.json()["incident_id"] == incident_id
+    assert response.json()["events"] == ["incident.updated"]  # one more instance affected
+    stored = await load_incident(redis, incident_id)
+    assert stored is not None
+    assert (stored.title, stored.impact) == (UPDATE["title"], UPDATE["impact"])
+    assert stored.status is IncidentStatus.IDENTIFIED
+    assert len(stored.firing_alerts) == 3
+
+
 async def test_an_update_with_status_resolved_resolves(
     client: httpx.AsyncClient, redis: Redis
 ) -> None:

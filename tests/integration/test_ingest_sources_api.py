@@ -523,12 +523,6 @@ async def test_pagerduty_over_its_rate_limit_gets_a_throttle_answer(serve: Serve
     assert 1 <= int(throttled.headers["retry-after"]) <= 60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routes/pagerduty.py builds its Session by hand instead of going through "
-    "Intake.session, so no PagerDuty request is ever observed in "
-    "clarion_ingest_request_duration_seconds",
-)
 async def test_pagerduty_requests_are_timed_like_every_other_source(serve: Serve) -> None:
     async with serve(ingest_token=TOKEN) as client:
         event = {**load_fixture(PD_TRIGGER), "routing_key": TOKEN}
@@ -667,11 +661,6 @@ async def test_sns_subscription_confirmation_visits_the_subscribe_url_once(
     await assert_nothing_stored(redis)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routes/sns.py returns the 200 answer to a subscription confirmation from inside "
-    "Intake.session, which observes every request that raises nothing as status 202",
-)
 async def test_sns_confirmation_is_timed_with_the_status_it_was_answered(
     serve: Serve, cert_server: LoopbackServer, identity: SigningIdentity
 ) -> None:
@@ -688,7 +677,9 @@ async def test_sns_confirmation_is_timed_with_the_status_it_was_answered(
 
     async with serve(sns_cert_url_pattern=cert_server.url_pattern) as client:
         response = await client.post(
-            URLS["sns"], content=body_of(identity.signed(confirmation)), headers=SNS_HEADERS
+            URLS["sns"],
+            content=body_of(identity.signed(confirmation)),
+            headers={**SNS_HEADERS, "x-amz-sns-message-type": "SubscriptionConfirmation"},
         )
         metrics = (await client.get("/metrics")).text
 
@@ -748,12 +739,6 @@ async def test_sns_basic_auth_is_required_when_configured(
     assert_opened(with_it)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CertificateUnavailable is a RetryableFailure (answered 503) and also an "
-    "Unauthorized, and Intake.session records it through client_error(), which "
-    "matches Unauthorized: the 503 is logged, counted and sampled as a 401 rejection",
-)
 async def test_sns_unavailable_certificate_is_a_503_and_not_a_rejection(
     serve: Serve, redis: Redis, cert_server: LoopbackServer, identity: SigningIdentity
 ) -> None:
@@ -849,18 +834,22 @@ async def test_body_over_max_body_bytes_gets_413(serve: Serve, redis: Redis) -> 
     assert small.status_code == 202  # the limit is on size, not on the source
 
 
-@pytest.mark.parametrize(
-    ("source", "fixture"),
-    [("alertmanager", ALERTMANAGER), ("grafana", GRAFANA), ("generic", "two generic alerts")],
-)
-async def test_more_alerts_than_allowed_gets_413(
-    serve: Serve, redis: Redis, source: str, fixture: str
-) -> None:
-    if source == "generic":
-        payload = load_fixture(GENERIC_FIRING)
-        payload["alerts"].append({"title": "Second alert", "fingerprint": "second"})
-    else:
-        payload = load_fixture(fixture)
+def _two_generic_alerts() -> dict[str, Any]:
+    payload = load_fixture(GENERIC_FIRING)
+    payload["alerts"].append({"title": "Second alert", "fingerprint": "second"})
+    return payload
+
+
+TWO_ALERTS: Final[dict[str, Callable[[], dict[str, Any]]]] = {
+    "alertmanager": lambda: load_fixture(ALERTMANAGER),
+    "grafana": lambda: load_fixture(GRAFANA),
+    "generic": _two_generic_alerts,
+}
+
+
+@pytest.mark.parametrize("source", list(TWO_ALERTS))
+async def test_more_alerts_than_allowed_gets_413(serve: Serve, redis: Redis, source: str) -> None:
+    payload = TWO_ALERTS[source]()
     assert len(payload["alerts"]) == 2
 
     async with serve(max_alerts_per_request=1) as client:
@@ -927,6 +916,7 @@ async def test_rejections_are_listed_newest_first_without_secrets(serve: Serve) 
     assert all(r["at"] == "2026-11-23T14:31:00Z" for r in rejections)
     assert "note" in rejections[2]["body_excerpt"]  # the excerpt is there, redacted
     assert TOKEN not in listed.text
+    assert "wr0ng-token" not in listed.text  # nothing from the headers is kept
     assert metrics.status_code == 200
     samples = _samples(metrics.text, "clarion_ingest_rejected_total")
     assert samples == {
@@ -986,6 +976,34 @@ async def test_group_by_service_joins_alerts_of_two_sources_in_one_incident(
     assert {a.fingerprint for a in incident.firing_alerts} == {"f5b1d9f3bf0ed0b8", "checkout-probe"}
     assert incident.severity is Severity.CRITICAL  # the alertmanager alert still leads
     assert len(await recent_incidents(redis)) == 1
+
+
+async def test_group_by_still_lets_the_documented_generic_resolve_end_the_incident(
+    serve: Serve, redis: Redis
+) -> None:
+    async with serve(group_by=("region",)) as client:
+        opened = await client.post(URLS["generic"], json=load_fixture(GENERIC_FIRING))
+        resolved = await client.post(URLS["generic"], json=load_fixture(GENERIC_RESOLVED))
+
+    incident_id = assert_opened(opened)
+    assert resolved.status_code == 202
+    assert resolved.json()["incident_id"] == incident_id
+    assert resolved.json()["events"] == ["incident.resolved"]
+    assert (await stored(redis, incident_id)).status is IncidentStatus.RESOLVED
+
+
+async def test_group_by_still_lets_pagerduty_acknowledge_and_resolve(
+    serve: Serve, redis: Redis
+) -> None:
+    async with serve(pagerduty_routing_keys=(PD_KEY,), group_by=("component",)) as client:
+        await client.post(URLS["pagerduty"], json=load_fixture(PD_TRIGGER))
+        incident_id = (await incident_events(redis))[0].incident_id
+        await client.post(URLS["pagerduty"], json=pd_event(PD_ACKNOWLEDGE))
+        acknowledged = await stored(redis, incident_id)
+        await client.post(URLS["pagerduty"], json=pd_event(PD_RESOLVE))
+
+    assert acknowledged.status is IncidentStatus.IDENTIFIED
+    assert (await stored(redis, incident_id)).status is IncidentStatus.RESOLVED
 
 
 async def test_severity_map_for_every_source_makes_warning_critical(

@@ -227,7 +227,7 @@ def test_alerts_of_a_body_may_belong_to_several_groups() -> None:
 
     groups = group_alerts(parse(model(data)))
 
-    assert [[a.summary for a in alerts] for alerts in groups.values()] == [["a", "c"], ["b"]]
+    assert [[a.summary for a in g.alerts] for g in groups.values()] == [["a", "c"], ["b"]]
     assert list(groups) == [group_key_of(a) for a in model(data).alerts[:2]]
 
 

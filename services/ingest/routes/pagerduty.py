@@ -8,6 +8,7 @@ for bad events and unknown routing keys (never a silent drop).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -59,7 +60,16 @@ class _InvalidEvent(ClarionError):
     openapi_extra=json_body(PagerDutyEvent, "pagerduty_trigger.json"),
 )
 async def enqueue(request: Request, state: State) -> JSONResponse:
-    session = Session(state.intake, request, SOURCE)
+    started, status = time.perf_counter(), 503
+    try:
+        answer = await _enqueue(Session(state.intake, request, SOURCE), state)
+        status = answer.status_code
+        return answer
+    finally:
+        state.intake.metrics.observe_request(SOURCE, status, time.perf_counter() - started)
+
+
+async def _enqueue(session: Session, state: IngestState) -> JSONResponse:
     try:
         event = await _receive(session, state)
         dedup_key = source.dedup_key_of(event)
@@ -86,7 +96,9 @@ async def enqueue(request: Request, state: State) -> JSONResponse:
 async def _receive(session: Session, state: IngestState) -> PagerDutyEvent:
     await session.read()
     data = session.json()
-    key = data.get("routing_key") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise _InvalidEvent(["Event object must be a JSON object"])
+    key = data.get("routing_key")
     try:
         session.authenticate(routing_key=key if isinstance(key, str) else "")
     except Unauthorized as exc:

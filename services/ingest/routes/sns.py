@@ -58,9 +58,10 @@ async def sns_webhook(request: Request, state: State) -> AcceptedAnswer | JSONRe
         await state.sns.verify(message)
         require_known_topic(message, state.settings.sns_topic_arns)
         await state.intake.limiter.check(SOURCE)
-        if isinstance(message, SnsSubscriptionConfirmation):
-            return await _confirm(state, message)
         if not isinstance(message, SnsNotification):
+            session.status = 200
+            if isinstance(message, SnsSubscriptionConfirmation):
+                return await _confirm(state, message)
             log.info("sns.unsubscribed", topic_arn=message.topic_arn)
             return JSONResponse({"status": "ignored", "type": message.type}, 200)
         alerts = source.parse(message, state.severities(SOURCE, source.SEVERITIES))
