@@ -15,8 +15,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -24,13 +22,14 @@ from datetime import datetime
 from typing import Any, Final
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support.asgi import serving_in_thread
 
 REMOTE_CLIENT: Final = ("203.0.113.5", 1234)
 """A client address that is not loopback (TEST-NET-3)."""
@@ -179,27 +178,6 @@ class LoopbackServer:
 def loopback_server(certificate_pem: bytes) -> Iterator[LoopbackServer]:
     """A :class:`LoopbackServer` running in a thread until the block ends."""
     server_state = LoopbackServer(certificate_pem)
-    # Listening before uvicorn starts: connections queue in the backlog, no start-up race.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    server_state.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(
-        server_state.app(),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        http="h11",
-        loop="asyncio",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(server_state.app()) as base_url:
+        server_state.base_url = base_url
         yield server_state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "the loopback server did not stop"

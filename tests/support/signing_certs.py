@@ -7,8 +7,6 @@ the code under test, so a mistake there cannot cancel out in the tests.
 from __future__ import annotations
 
 import base64
-import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -26,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support.asgi import serving_in_thread
 
 # The fields SNS signs, per message type, in the order it signs them.
 _SIGNED_FIELDS = {
@@ -140,27 +139,6 @@ class FakeSnsHost:
 def serving_fake_sns_host(identity: SigningIdentity) -> Iterator[FakeSnsHost]:
     """Serve ``identity``'s certificate on 127.0.0.1 (uvicorn, in a thread) until exit."""
     host = FakeSnsHost(identity.certificate_pem)
-    # Listening before uvicorn starts: connections wait in the backlog, no start-up race.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    host.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(
-        host.app(),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        http="h11",
-        loop="asyncio",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(host.app()) as base_url:
+        host.base_url = base_url
         yield host
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "the fake SNS host did not stop"
