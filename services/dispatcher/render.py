@@ -114,6 +114,8 @@ def template_values(
         "technical": technical[:MAX_TECHNICAL_LINES],
         "technical_more": max(hidden, 0),
         "changes": list(event.changes) if isinstance(event, IncidentUpdated) else [],
+        "message": event.message if isinstance(event, IncidentUpdated) else None,
+        "status": incident.status.value,
         "sequence": event.sequence if isinstance(event, UpdateDue) else None,
         "previous_severity_words": None,
         "worse": False,

@@ -10,7 +10,14 @@ import pytest
 
 from services.dispatcher.plan import STATUS_PAGE, DispatchEvent
 from services.dispatcher.render import RenderContext, RenderedMessage, render
-from shared.contracts import AlertStatus, Incident, Severity, UpdateDue
+from shared.contracts import (
+    AlertStatus,
+    Incident,
+    IncidentStatus,
+    Severity,
+    UpdateAuthor,
+    UpdateDue,
+)
 from shared.settings import Settings
 from tests.support.builders import (
     T0,
@@ -154,6 +161,28 @@ def test_update_due_says_still_investigating_without_news() -> None:
 
 def test_update_names_what_changed() -> None:
     assert "- Payments by card are affected too" in rendered("updated").text
+
+
+def test_an_operator_update_carries_their_words_first() -> None:
+    event = make_incident_updated(
+        checkout_incident(),
+        author=UpdateAuthor.OPERATOR,
+        message="We rolled back the 14:02 deploy; errors are falling.",
+    )
+    for channel in ("email", STATUS_PAGE):
+        text = render(event, event.incident, CONTEXT, channel).text
+        assert "We rolled back the 14:02 deploy; errors are falling." in text
+        assert "new information" not in text
+
+
+def test_a_monitoring_update_does_not_claim_work_is_ongoing() -> None:
+    holding = checkout_incident().model_copy(update={"status": IncidentStatus.MONITORING})
+    event = make_incident_updated(holding, changes=("Every affected instance has recovered.",))
+
+    text = render(event, holding, CONTEXT, "email").text
+
+    assert "watching closely" in text
+    assert "still working on it" not in text
 
 
 def test_severity_change_says_which_way_in_plain_words() -> None:
