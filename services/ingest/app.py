@@ -41,7 +41,6 @@ from shared.http_errors import error_body, install_error_handlers, unavailable
 from shared.logs import get_logger
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
-from shared.streams import REJECTIONS
 from shared.watchdog import report_stopped_subscribers
 
 HTTP_TIMEOUT_SECONDS: Final = 10.0
@@ -92,7 +91,6 @@ def create_app(
                 metrics=metrics,
                 secrets=known_secrets(settings),
                 clock=the_clock,
-                key=REJECTIONS,
             )
             intake = Intake(
                 credentials=credentials,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -11,12 +11,10 @@ from starlette.requests import Request
 from shared.errors import BodyTooLarge, InvalidPayload, MalformedBody
 from shared.http_errors import field_errors
 
-MAX_BODY_BYTES: Final = 1024 * 1024
-
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The raw request body, read no further than ``limit`` bytes (413 beyond)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

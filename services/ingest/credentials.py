@@ -137,11 +137,6 @@ def any_credentials(settings: Settings) -> bool:
     )
 
 
-def routing_key_allowed(settings: Settings, key: str) -> bool:
-    """Whether a PagerDuty routing key is configured (the ingest token counts as one)."""
-    return _matches_any(key.encode(), _routing_keys(settings))
-
-
 def known_secrets(settings: Settings) -> tuple[str, ...]:
     """Every configured ingest secret value, for scrubbing from stored samples."""
     values: list[str] = []

@@ -21,9 +21,8 @@ from shared.clock import Clock, SystemClock
 from shared.http_errors import client_error
 from shared.logs import get_logger
 from shared.redaction import REDACTED, is_secret_key, redact_text
+from shared.streams import REJECTIONS
 
-# Belongs with the other key names in shared/streams.py, which is owned elsewhere.
-REJECTIONS_KEY: Final = "clarion:ingest:rejections"
 BODY_EXCERPT_BYTES: Final = 2048
 
 # Credentials that shared.redaction does not know by name (PagerDuty's, Opsgenie's).
@@ -67,7 +66,6 @@ class RejectionLog:
         metrics: IngestMetrics | None = None,
         secrets: Iterable[str] = (),
         clock: Clock | None = None,
-        key: str = REJECTIONS_KEY,
     ) -> None:
         if size < 0:
             raise ValueError("the rejection sample size cannot be negative")
@@ -76,7 +74,7 @@ class RejectionLog:
         self._metrics = metrics
         self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
         self._clock = clock or SystemClock()
-        self._key = key
+        self._key = REJECTIONS
 
     async def record(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, cast
 
 import httpx
@@ -42,10 +42,13 @@ class IngestState:
     intake: Intake
     sns: SnsVerifier
     http: httpx.AsyncClient
+    _severities: dict[str, SeverityMap] = field(default_factory=dict)
 
     def severities(self, source: str, base: SeverityMap) -> SeverityMap:
-        """``base`` with the operator's ``CLARION_SEVERITY_MAP`` overrides."""
-        return configured(source, base, self.settings.severity_map)
+        """``base`` with the operator's ``CLARION_SEVERITY_MAP`` overrides, merged once."""
+        if source not in self._severities:
+            self._severities[source] = configured(source, base, self.settings.severity_map)
+        return self._severities[source]
 
     async def accept(
         self, alerts: list[Alert], truncated: int = 0, external_url: str | None = None

@@ -214,3 +214,17 @@ async def test_unknown_route_gets_the_error_shape(client: httpx.AsyncClient) -> 
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_a_truncated_alertmanager_group_is_recorded_and_shown(
+    client: httpx.AsyncClient,
+) -> None:
+    body = load_fixture(FIRING)
+    body["truncatedAlerts"] = 3
+
+    accepted = await client.post(URL, json=body)
+    shown = await client.get(f"/v1/incidents/{accepted.json()['incident_id']}")
+
+    assert accepted.status_code == 202
+    assert shown.status_code == 200
+    assert shown.json()["truncated_alerts"] == 3

@@ -15,7 +15,6 @@ from services.ingest.credentials import known_secrets
 from services.ingest.metrics import IngestMetrics
 from services.ingest.rejections import (
     BODY_EXCERPT_BYTES,
-    REJECTIONS_KEY,
     Rejection,
     RejectionLog,
 )
@@ -30,6 +29,7 @@ from shared.errors import (
 )
 from shared.logs import redact_processor
 from shared.settings import Settings
+from shared.streams import REJECTIONS
 from tests.support.smtp import free_port
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ async def test_the_sample_is_capped_and_newest_first(redis: Redis) -> None:
 
     assert [r.message for r in recent] == ["rejection 4", "rejection 3", "rejection 2"]
     assert [r.at for r in recent] == [T0 + timedelta(seconds=s) for s in (4, 3, 2)]
-    assert await redis.llen(REJECTIONS_KEY) == 3
+    assert await redis.llen(REJECTIONS) == 3
     assert [r.message for r in await log.recent(2)] == ["rejection 4", "rejection 3"]
 
 
@@ -129,7 +129,7 @@ async def test_no_secret_or_personal_data_is_stored_or_logged(redis: Redis) -> N
     with structlog.testing.capture_logs(processors=[redact_processor]) as logs:
         await record(log, body=body, message=f"wrong token {INGEST_TOKEN} from {EMAIL}")
 
-    raw = await redis.lrange(REJECTIONS_KEY, 0, -1)
+    raw = await redis.lrange(REJECTIONS, 0, -1)
     stored = "".join(r.decode() if isinstance(r, bytes) else r for r in raw)
     logged = json.dumps(logs)
     for leak in (*SECRETS, WHSEC.removeprefix("whsec_"), EMAIL, PHONE):
@@ -191,7 +191,7 @@ async def test_record_error_maps_client_errors(
 async def test_record_error_ignores_what_is_not_the_clients_fault(redis: Redis) -> None:
     log = rejection_log(redis)
     assert await log.record_error(RetryableFailure("down"), source="sns", client=None) is None
-    assert await redis.llen(REJECTIONS_KEY) == 0
+    assert await redis.llen(REJECTIONS) == 0
 
 
 async def test_the_counter_counts_even_without_a_sample(redis: Redis) -> None:
@@ -201,7 +201,7 @@ async def test_the_counter_counts_even_without_a_sample(redis: Redis) -> None:
         await record(log)
     await record(log, source="sns", reason="forbidden", status=403)
 
-    assert await redis.llen(REJECTIONS_KEY) == 0
+    assert await redis.llen(REJECTIONS) == 0
     sample = metrics.registry.get_sample_value
     assert sample("clarion_ingest_rejected_total", {"source": "grafana", "reason": "unauthorized"})
     assert (
