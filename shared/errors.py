@@ -61,6 +61,10 @@ class Forbidden(ClarionError):
     pass
 
 
+class NotFound(ClarionError):
+    """What the request names does not exist (answered with a 404)."""
+
+
 class RateLimited(ClarionError):
     """``retry_after_seconds`` (at least 1) becomes the ``Retry-After`` header of the 429."""
 

@@ -21,6 +21,7 @@ from shared.errors import (
     Forbidden,
     InvalidPayload,
     MalformedBody,
+    NotFound,
     RateLimited,
     Unauthorized,
 )
@@ -32,6 +33,7 @@ CLIENT_ERRORS: Final[dict[type[ClarionError], tuple[int, str]]] = {
     BodyTooLarge: (413, "payload_too_large"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
+    NotFound: (404, "not_found"),
     RateLimited: (429, "rate_limited"),
 }
 
@@ -103,6 +105,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
         return JSONResponse(error_body("forbidden", str(exc) or "the request is refused"), 403)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(error_body("not_found", str(exc)), 404)
 
     @app.exception_handler(RateLimited)
     async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:

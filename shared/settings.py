@@ -28,6 +28,8 @@ def _parse_duration(value: object) -> object:
             return timedelta(seconds=int(text))
         if text[:-1].isdigit() and text[-1:] in _DURATION_UNITS:
             return timedelta(seconds=int(text[:-1]) * _DURATION_UNITS[text[-1]])
+        if not text.startswith(("p", "-p")):  # ISO 8601 (P1DT2H) is left to pydantic
+            raise ValueError(f"{value!r} is not a duration; write 90s, 30m, 2h or 1d")
     return value
 
 
@@ -74,7 +76,6 @@ class Settings(BaseSettings):
     ingest_port: int = 8000
     dispatcher_host: str = "127.0.0.1"
     dispatcher_port: int = 8001
-    public_status_url: str | None = None
 
     # Security
     ingest_token: SecretStr | None = None
@@ -103,16 +104,9 @@ class Settings(BaseSettings):
     ingest_rate_limit: str = "100/second"
     rejection_sample_size: int = Field(default=100, ge=0)
     group_by: CommaSeparated = ()
-    severity_map: dict[str, dict[str, SeverityName]] = Field(default_factory=dict)
-    resolve_hold: Duration = timedelta(minutes=5)
 
-    # Communication plan (the cadence of updates, per severity)
-    update_interval_critical: Duration = timedelta(minutes=30)
-    update_interval_error: Duration = timedelta(hours=1)
-    update_interval_warning: Duration = timedelta(hours=2)
-    update_interval_info: Duration = timedelta(hours=4)
-    display_timezone: str = "UTC"
-    organization_name: str = "Clarion"
+    # Communication plan: who hears what, when and where (the shipped default when unset)
+    plan: Path | None = None
 
     # Email
     smtp_host: str | None = None
@@ -123,7 +117,6 @@ class Settings(BaseSettings):
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 30.0
     email_from: str = "Clarion <status@clarion.invalid>"
-    email_recipients: CommaSeparated = ()
 
     # Consumers
     consumer_name: str = Field(default_factory=_default_consumer_name)
@@ -142,20 +135,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    def update_interval(self, severity: Severity) -> timedelta:
-        """How often an open incident of ``severity`` gets an update."""
-        return {
-            Severity.CRITICAL: self.update_interval_critical,
-            Severity.ERROR: self.update_interval_error,
-            Severity.WARNING: self.update_interval_warning,
-            Severity.INFO: self.update_interval_info,
-        }[severity]
-
     @property
-    def status_page_url(self) -> str:
-        """Where customers follow the incident: the public URL, else the local page."""
-        if self.public_status_url:
-            return self.public_status_url
+    def local_status_url(self) -> str:
+        """The built-in status page, where the plan names no public one."""
         return f"http://{self.dispatcher_host}:{self.dispatcher_port}/status"
 
     def require_redis_url(self) -> str:

@@ -11,8 +11,9 @@ INCIDENT_EVENTS: Final = f"{PREFIX}:incident-events"
 UPDATES_DUE: Final = f"{PREFIX}:updates-due"
 DELIVERY_LOG: Final = f"{PREFIX}:delivery-log"
 DEAD_LETTERS: Final = f"{PREFIX}:dead-letters"
-EMAIL_OUTBOX: Final = f"{PREFIX}:outbox:email"
+OUTBOX: Final = f"{PREFIX}:outbox"
 RESOLUTIONS_DUE: Final = f"{PREFIX}:resolutions-due"
+APPROVALS: Final = f"{PREFIX}:approvals"
 
 # Consumer groups: one per service, so each service can run as several instances.
 SCHEDULER_GROUP: Final = "scheduler"
@@ -25,6 +26,7 @@ CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
     INCIDENT_EVENTS: (SCHEDULER_GROUP, DISPATCHER_GROUP),
     UPDATES_DUE: (DISPATCHER_GROUP,),
     RESOLUTIONS_DUE: (INGEST_GROUP,),
+    APPROVALS: (SCHEDULER_GROUP, DISPATCHER_GROUP),
 }
 
 # Keys
@@ -35,6 +37,9 @@ SCHEDULE_DUE: Final = f"{PREFIX}:schedule:due"
 SCHEDULE_ITEMS: Final = f"{PREFIX}:schedule:items"
 RESOLUTION_DUE: Final = f"{PREFIX}:schedule:resolution-due"
 RESOLUTION_ITEMS: Final = f"{PREFIX}:schedule:resolution-items"
+APPROVAL_DUE: Final = f"{PREFIX}:schedule:approval-due"
+APPROVAL_ITEMS: Final = f"{PREFIX}:schedule:approval-items"
+PENDING_APPROVALS: Final = f"{PREFIX}:approvals:pending"
 REJECTIONS: Final = f"{PREFIX}:ingest:rejections"
 SCHEDULER_HEARTBEAT: Final = f"{PREFIX}:scheduler:heartbeat"
 IDEMPOTENCY_KEY: Final = f"{PREFIX}:idempotency:{{key}}"

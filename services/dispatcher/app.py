@@ -22,23 +22,38 @@ from services.dispatcher.routes import ops, public
 from services.dispatcher.state import DispatcherState
 from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import Clock, SystemClock
+from shared.contracts import ApprovalGranted, ApprovalRequested
 from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
+from shared.plan import Plan, load_plan
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
+from shared.streams import APPROVALS
 from shared.watchdog import report_stopped_subscribers
 
 log = get_logger("clarion.dispatcher")
+
+
+class BrokerApprovals:
+    """Publishes approval requests and grants on the approvals stream."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+
+    async def publish_approval(self, event: ApprovalRequested | ApprovalGranted) -> None:
+        await self._broker.publish(event, stream=APPROVALS)
 
 
 def create_app(
     settings: Settings,
     clock: Clock | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    plan: Plan | None = None,
 ) -> FastAPI:
     """The dispatcher app. ``on_fatal`` is called when consuming has stopped for good
     (a vanished consumer group): the process should then exit and be restarted."""
     the_clock: Clock = clock or SystemClock()
+    the_plan = plan or load_plan(settings.plan)  # an invalid plan fails here, at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,14 +61,20 @@ def create_app(
         redis = connect(url)
         try:
             await ensure_consumer_groups(redis)
-            dispatcher = Dispatcher(
-                redis, settings, the_clock, default_channels(settings, redis, the_clock)
-            )
             broker = RedisBroker(
                 url,
                 retry=broker_retry(),
                 retry_on_error=RETRY_ON,
                 logger=get_logger("clarion.dispatcher.broker"),
+            )
+            approvals = BrokerApprovals(broker)
+            dispatcher = Dispatcher(
+                redis,
+                settings,
+                the_clock,
+                default_channels(settings, redis, the_clock),
+                plan=the_plan,
+                approvals=approvals,
             )
             subscribe(broker, redis, settings, dispatcher)
             app.state.dispatcher = DispatcherState(
@@ -63,6 +84,8 @@ def create_app(
                 delivery_log=DeliveryLog(redis),
                 status_pages=StatusPageStore(redis),
                 broker=broker,
+                plan=the_plan,
+                approvals=approvals,
             )
             await broker.start()
             stopping = asyncio.Event()
@@ -73,7 +96,8 @@ def create_app(
                 "dispatcher.started",
                 consumer=settings.consumer_name,
                 smtp=settings.smtp_host is not None,
-                email_recipients=len(settings.email_recipients),
+                audiences=len(the_plan.audiences),
+                routes=len(the_plan.routes),
             )
             try:
                 yield

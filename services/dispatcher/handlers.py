@@ -7,14 +7,23 @@ from redis.asyncio import Redis
 
 from services.dispatcher.pipeline import Dispatcher
 from shared.consumer import GuardedConsumer, StreamEntry
-from shared.contracts import INCIDENT_EVENT, IncidentEvent, UpdateDue
+from shared.contracts import (
+    APPROVAL_EVENT,
+    INCIDENT_EVENT,
+    ApprovalEvent,
+    ApprovalGranted,
+    IncidentEvent,
+    UpdateDue,
+)
 from shared.settings import Settings
-from shared.streams import DISPATCHER_GROUP, INCIDENT_EVENTS, UPDATES_DUE
+from shared.streams import APPROVALS, DISPATCHER_GROUP, INCIDENT_EVENTS, UPDATES_DUE
 
 
 def build_consumers(
     redis: Redis, settings: Settings, dispatcher: Dispatcher
-) -> tuple[GuardedConsumer[IncidentEvent], GuardedConsumer[UpdateDue]]:
+) -> tuple[
+    GuardedConsumer[IncidentEvent], GuardedConsumer[UpdateDue], GuardedConsumer[ApprovalEvent]
+]:
     async def on_event(event: IncidentEvent, entry: StreamEntry) -> None:
         await dispatcher.handle_incident_event(event, entry.delivery_count)
 
@@ -45,7 +54,20 @@ def build_consumers(
         max_deliveries=settings.max_deliveries,
         on_dead=on_due_dead,
     )
-    return events, dues
+
+    async def on_approval(event: ApprovalEvent, entry: StreamEntry) -> None:
+        if isinstance(event, ApprovalGranted):  # requests are for the scheduler
+            await dispatcher.handle_approval(event, entry.delivery_count)
+
+    approvals = GuardedConsumer[ApprovalEvent](
+        redis=redis,
+        stream=APPROVALS,
+        group=DISPATCHER_GROUP,
+        decode=APPROVAL_EVENT.validate_json,
+        handle=on_approval,
+        max_deliveries=settings.max_deliveries,
+    )
+    return events, dues, approvals
 
 
 def subscribe(

@@ -11,23 +11,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Final
 
 from redis.asyncio import Redis
 
+from services.dispatcher.approvals import ApprovalPublisher, ApprovalStore, PendingApproval
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
 from services.dispatcher.delivery_log import DeliveryLog
-from services.dispatcher.plan import Delivery, DispatchEvent, plan
-from services.dispatcher.render import RenderContext, RenderedMessage, render
+from services.dispatcher.fanout import Delivery, plan_deliveries
+from services.dispatcher.rendering.engine import RenderFailed
+from services.dispatcher.rendering.limits import MessageTooLong
+from services.dispatcher.rendering.messages import RenderedMessage, Renderer
+from services.dispatcher.rendering.values import DispatchEvent, RenderContext
 from shared.clock import Clock
-from shared.contracts import DeliveryRecorded, DeliveryStatus, Incident, IncidentEvent, UpdateDue
+from shared.contracts import (
+    ApprovalGranted,
+    DeliveryRecorded,
+    DeliveryStatus,
+    Incident,
+    IncidentEvent,
+    UpdateDue,
+)
 from shared.errors import RetryableFailure
 from shared.idempotency import Claim, IdempotencyStore
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
+from shared.plan import Plan
 from shared.settings import Settings
 
 DEFAULT_CONCURRENCY: Final = 10
@@ -40,6 +53,13 @@ class _Result(Enum):
     UNFINISHED = "unfinished"  # to be retried when the entry is reclaimed
 
 
+@dataclass(frozen=True)
+class RenderProblem:
+    """Why a message could not be rendered: every delivery of it fails with this reason."""
+
+    error: str
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -47,13 +67,19 @@ class Dispatcher:
         settings: Settings,
         clock: Clock,
         channels: Mapping[str, Channel],
+        *,
+        plan: Plan,
+        approvals: ApprovalPublisher,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self._redis = redis
         self._settings = settings
         self._clock = clock
         self._channels = channels
-        self._context = RenderContext.from_settings(settings)
+        self._plan = plan
+        self._renderer = Renderer(RenderContext.of(plan, settings))
+        self._approvals = approvals
+        self._held = ApprovalStore(redis)
         self._idempotency = IdempotencyStore(
             redis,
             lease_ms=settings.idempotency_lease_ms,
@@ -67,12 +93,32 @@ class Dispatcher:
 
     async def handle_update_due(self, due: UpdateDue, attempt: int) -> None:
         incident = await load_incident(self._redis, due.incident_id)
+        if incident is None:
+            log.warning("update_due.unknown_incident", incident_id=due.incident_id)
+            return
         await self._dispatch(due, incident, attempt)
+
+    async def handle_approval(self, grant: ApprovalGranted, attempt: int) -> None:
+        """Send what ``grant`` releases; nothing when it was released before."""
+        pending = await self._held.get(grant.event_id)
+        if pending is None:
+            log.info("approval.nothing_held", event_id=grant.event_id, by=grant.by)
+            return
+        event = pending.event
+        incident = await self._incident_for(event)
+        log.info(
+            "approval.granted", event_id=grant.event_id, by=grant.by, automatic=grant.automatic
+        )
+        if incident is not None:
+            await self._dispatch(event, incident, attempt, approved=True)
+        await self._held.release(grant.event_id)
 
     async def record_dead(self, event: DispatchEvent, attempt: int, error: str) -> None:
         """Retries are exhausted: every planned delivery not yet done is recorded DEAD."""
         incident = await self._incident_for(event)
-        for delivery in plan(event, incident, self._settings.email_recipients):
+        if incident is None:
+            return
+        for delivery in plan_deliveries(event, incident, self._plan):
             if await self._idempotency.is_done(delivery.delivery_id):
                 continue
             with bound(
@@ -88,34 +134,84 @@ class Dispatcher:
         return event.incident
 
     async def _dispatch(
-        self, event: DispatchEvent, incident: Incident | None, attempt: int
+        self, event: DispatchEvent, incident: Incident, attempt: int, *, approved: bool = False
     ) -> None:
-        deliveries = plan(event, incident, self._settings.email_recipients)
-        messages: dict[str, RenderedMessage] = {}
-        for delivery in deliveries:
-            if not delivery.suppressed and delivery.channel not in messages:
-                assert incident is not None  # plan() suppresses every delivery without one
-                messages[delivery.channel] = render(
-                    event, incident, self._context, delivery.channel
-                )
+        deliveries = plan_deliveries(event, incident, self._plan)
+        held = [d for d in deliveries if d.needs_approval and not approved and not d.suppressed]
+        if held:
+            await self._hold(event, incident, held, attempt)
+        sending = [d for d in deliveries if d not in held]
+        messages = self._render_all(event, incident, sending)
         results = await asyncio.gather(
-            *(self._bounded(d, messages.get(d.channel), attempt) for d in deliveries),
+            *(self._bounded(d, messages[(d.audience, d.channel)], attempt) for d in sending),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        unfinished = [
-            d for d, r in zip(deliveries, results, strict=True) if r is _Result.UNFINISHED
-        ]
+        unfinished = [d for d, r in zip(sending, results, strict=True) if r is _Result.UNFINISHED]
         if unfinished:
             names = ", ".join(f"{d.channel}:{d.delivery_id}" for d in unfinished)
             raise RetryableFailure(
-                f"{len(unfinished)} of {len(deliveries)} deliveries unfinished ({names})"
+                f"{len(unfinished)} of {len(sending)} deliveries unfinished ({names})"
             )
 
+    def _render_all(
+        self, event: DispatchEvent, incident: Incident, deliveries: list[Delivery]
+    ) -> dict[tuple[str, str], RenderedMessage | RenderProblem | None]:
+        """One rendering per (audience, channel); None where every delivery is suppressed."""
+        messages: dict[tuple[str, str], RenderedMessage | RenderProblem | None] = {}
+        for delivery in deliveries:
+            key = (delivery.audience, delivery.channel)
+            if key in messages or delivery.suppressed:
+                messages.setdefault(key, None)
+                continue
+            try:
+                messages[key] = self._renderer.render(
+                    event, incident, delivery.audience, delivery.channel
+                )
+            except (RenderFailed, MessageTooLong) as exc:
+                log.warning(
+                    "render.failed",
+                    audience=delivery.audience,
+                    channel=delivery.channel,
+                    error=str(exc),
+                )
+                messages[key] = RenderProblem(f"render failed: {exc}")
+        return messages
+
+    async def _hold(
+        self, event: DispatchEvent, incident: Incident, held: list[Delivery], attempt: int
+    ) -> None:
+        """Keep the public deliveries of ``event`` for approval, and ask for the timer."""
+        first = held[0]
+        preview = self._renderer.render(event, incident, first.audience, first.channel)
+        now = self._clock.now()
+        pending = await self._held.hold(
+            PendingApproval(
+                event_id=event.event_id,
+                incident_id=event.incident_id,
+                event_type=event.type,
+                event_json=event.model_dump_json(),
+                requested_at=now,
+                auto_publish_at=now + self._plan.approval.auto_publish_after,
+                held=len(held),
+                preview_title=preview.title,
+                preview_text=preview.text,
+            )
+        )
+        if pending.requested_at == now:  # held just now: say so in the delivery log once
+            for delivery in held:
+                await self._record(
+                    delivery,
+                    DeliveryStatus.HELD,
+                    attempt,
+                    error=f"waiting for approval until {pending.auto_publish_at.isoformat()}",
+                )
+        await self._approvals.publish_approval(pending.request)  # idempotent at the scheduler
+
     async def _bounded(
-        self, delivery: Delivery, message: RenderedMessage | None, attempt: int
+        self, delivery: Delivery, message: RenderedMessage | RenderProblem | None, attempt: int
     ) -> _Result:
         async with self._slots:
             with bound(
@@ -126,7 +222,7 @@ class Dispatcher:
                 return await self._deliver(delivery, message, attempt)
 
     async def _deliver(
-        self, delivery: Delivery, message: RenderedMessage | None, attempt: int
+        self, delivery: Delivery, message: RenderedMessage | RenderProblem | None, attempt: int
     ) -> _Result:
         key = delivery.delivery_id  # the hash of the idempotency key: no address in Redis keys
         owner = self._settings.consumer_name
@@ -138,17 +234,26 @@ class Dispatcher:
             log.info("delivery.busy_elsewhere", attempt=attempt)
             return _Result.UNFINISHED
         started = self._clock.now()
-        if delivery.suppressed_reason is not None or message is None:
+        if delivery.suppressed_reason is not None or not isinstance(message, RenderedMessage):
             await self._idempotency.complete(key)
-            reason = delivery.suppressed_reason or "nothing to send"
-            await self._record(delivery, DeliveryStatus.SUPPRESSED, attempt, started, error=reason)
+            if isinstance(message, RenderProblem):
+                status, reason = DeliveryStatus.FAILED, message.error
+            else:
+                status = DeliveryStatus.SUPPRESSED
+                reason = delivery.suppressed_reason or "nothing to send"
+            await self._record(delivery, status, attempt, started, error=reason)
             return _Result.FINISHED
         outcome = await self._send(delivery, message)
         match outcome:
             case Sent(provider_id=provider_id):
                 await self._idempotency.complete(key)
                 await self._record(
-                    delivery, DeliveryStatus.SENT, attempt, started, provider_id=provider_id
+                    delivery,
+                    DeliveryStatus.SENT,
+                    attempt,
+                    started,
+                    provider_id=provider_id,
+                    shortened=message.shortened,
                 )
                 return _Result.FINISHED
             case Permanent(error=error):
@@ -179,6 +284,7 @@ class Dispatcher:
         *,
         error: str | None = None,
         provider_id: str | None = None,
+        shortened: bool = False,
     ) -> None:
         now = self._clock.now()
         await self._log.record(
@@ -190,7 +296,9 @@ class Dispatcher:
                 recipient=delivery.recipient,
                 status=status,
                 attempt=attempt,
+                audience=delivery.audience,
                 error=error,
+                shortened=shortened,
                 provider_message_id=provider_id,
                 started_at=started or now,
                 recorded_at=now,

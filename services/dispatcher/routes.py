@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from services.dispatcher.approvals import ApprovalStore, granted
 from services.dispatcher.state import State, get_state
 from services.dispatcher.status_view import (
     StatusPage,
@@ -19,6 +20,7 @@ from services.dispatcher.status_view import (
 from services.dispatcher.templating import environment
 from shared.auth import check_bearer
 from shared.contracts import dump
+from shared.errors import NotFound
 from shared.http_errors import error_body
 from shared.incidents import recent_incidents
 from shared.watchdog import stopped_subscribers
@@ -37,13 +39,13 @@ ops = APIRouter(prefix="/v1", dependencies=[Depends(require_ops_token)])
 
 async def _status_page(state: State) -> StatusPage:
     incidents = await state.status_pages.recent(STATUS_PAGE_SCAN)
-    return build_status_page(incidents, state.settings.organization_name, state.clock.now())
+    return build_status_page(incidents, state.plan.organization, state.clock.now())
 
 
 @public.get("/status", response_class=HTMLResponse)
 async def status_html(state: State) -> HTMLResponse:
     page = await _status_page(state)
-    values = template_values(page, ZoneInfo(state.settings.display_timezone))
+    values = template_values(page, state.plan.zones)
     html = environment().get_template("page/status.html.j2").render(values)
     return HTMLResponse(html)
 
@@ -87,3 +89,41 @@ async def incidents(
     state: State, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[dict[str, Any]]:
     return [dump(incident) for incident in await recent_incidents(state.redis, limit)]
+
+
+@ops.get("/approvals", summary="Customer-facing messages waiting for approval")
+async def pending_approvals(state: State) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": p.event_id,
+            "incident_id": p.incident_id,
+            "event_type": p.event_type,
+            "requested_at": p.requested_at.isoformat(),
+            "auto_publish_at": p.auto_publish_at.isoformat(),
+            "held": p.held,
+            "preview": {"title": p.preview_title, "text": p.preview_text},
+        }
+        for p in await ApprovalStore(state.redis).pending()
+    ]
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(default="operator", min_length=1, max_length=200)
+
+
+@ops.post(
+    "/approvals/{event_id}/approve",
+    status_code=202,
+    summary="Approve held messages: they go out now",
+)
+async def approve(
+    event_id: str, state: State, body: Annotated[ApproveRequest | None, Body()] = None
+) -> dict[str, Any]:
+    pending = await ApprovalStore(state.redis).get(event_id)
+    if pending is None:
+        raise NotFound(f"nothing is waiting for approval under {event_id!r}")
+    by = body.by if body else "operator"
+    await state.approvals.publish_approval(granted(pending, state.clock.now(), by))
+    return {"status": "approved", "event_id": event_id, "by": by, "held": pending.held}

@@ -9,9 +9,11 @@ from fastapi import Depends, Request
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
+from services.dispatcher.approvals import ApprovalPublisher
 from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import Clock
+from shared.plan import Plan
 from shared.settings import Settings
 
 
@@ -23,6 +25,8 @@ class DispatcherState:
     delivery_log: DeliveryLog
     status_pages: StatusPageStore
     broker: RedisBroker
+    plan: Plan
+    approvals: ApprovalPublisher
 
 
 def get_state(request: Request) -> DispatcherState:

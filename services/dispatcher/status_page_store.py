@@ -66,10 +66,11 @@ def state_for(incident: Incident) -> IncidentStatus:
     return incident.status
 
 
-def summary_of(incident: Incident) -> StatusPageIncident:
+def summary_of(incident: Incident, title: str | None = None) -> StatusPageIncident:
+    """What the page keeps of ``incident``; ``title`` is the customer-facing one."""
     return StatusPageIncident(
         id=incident.id,
-        title=incident.title,
+        title=title or incident.title,
         impact=incident.impact,
         service=incident.service,
         severity=incident.severity,
@@ -85,7 +86,9 @@ class StatusPageStore:
         self._redis = redis
         self._post = redis.register_script(_POST)
 
-    async def post(self, incident: Incident, update: StatusPageUpdate) -> bool:
+    async def post(
+        self, incident: Incident, update: StatusPageUpdate, title: str | None = None
+    ) -> bool:
         """Record ``update`` (once per id) and the incident's summary; True if it was new."""
         version = int(incident.updated_at.timestamp() * 1000)
         if incident.resolved_at is not None:
@@ -95,7 +98,7 @@ class StatusPageStore:
             args=[
                 f"{_UPDATE_PREFIX}{update.id}",
                 update.model_dump_json(),
-                summary_of(incident).model_dump_json(),
+                summary_of(incident, title).model_dump_json(),
                 version,
                 incident.id,
             ],

@@ -8,8 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from services.dispatcher.rendering.timefmt import format_timestamp
 from services.dispatcher.status_page_store import StatusPageIncident
-from services.dispatcher.timefmt import format_timestamp
 
 RESOLVED_WINDOW: Final = timedelta(days=7)
 RESOLVED_SHOWN: Final = 10
@@ -51,18 +54,26 @@ def status_json(page: StatusPage) -> dict[str, Any]:
     }
 
 
-def template_values(page: StatusPage, zone: ZoneInfo) -> dict[str, Any]:
-    """What ``page/status.html.j2`` needs, with every time formatted in ``zone``."""
+_MARKDOWN: Final = MarkdownIt("commonmark", {"html": False})  # raw HTML in an update is text
+
+
+def markdown_html(text: str) -> Markup:
+    """An update's Markdown body as safe HTML (links and emphasis; no raw HTML)."""
+    return Markup(_MARKDOWN.render(text))  # noqa: S704  (markdown-it escapes; raw HTML is off)
+
+
+def template_values(page: StatusPage, zones: Sequence[ZoneInfo]) -> dict[str, Any]:
+    """What ``page/status.html.j2`` needs, with every time formatted in ``zones``."""
     return {
         "organization": page.organization,
-        "generated": format_timestamp(page.generated_at, zone),
+        "generated": format_timestamp(page.generated_at, zones),
         "all_operational": page.all_operational,
-        "open": [_incident(i, zone) for i in page.open],
-        "resolved": [_incident(i, zone) for i in page.resolved],
+        "open": [_incident(i, zones) for i in page.open],
+        "resolved": [_incident(i, zones) for i in page.resolved],
     }
 
 
-def _incident(incident: StatusPageIncident, zone: ZoneInfo) -> dict[str, Any]:
+def _incident(incident: StatusPageIncident, zone: Sequence[ZoneInfo]) -> dict[str, Any]:
     return {
         "id": incident.id,
         "title": incident.title,
@@ -74,7 +85,7 @@ def _incident(incident: StatusPageIncident, zone: ZoneInfo) -> dict[str, Any]:
         "updates": [
             {
                 "headline": u.headline,
-                "body": u.body,
+                "body": markdown_html(u.body),
                 "state": u.state.value,
                 "posted": format_timestamp(u.posted_at, zone),
                 "posted_iso": u.posted_at.isoformat(),

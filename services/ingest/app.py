@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from services.ingest.credentials import all_credentials, known_secrets, log_auth_posture
 from services.ingest.handlers import resolution_consumer
-from services.ingest.incident_actions import IncidentClosed
+from services.ingest.incident_actions import IncidentClosed, IncidentOpen
 from services.ingest.incident_store import IncidentNotFound, IncidentStore
 from services.ingest.intake import Intake
 from services.ingest.metrics import IngestMetrics
@@ -39,6 +39,7 @@ from shared.clock import Clock, SystemClock
 from shared.errors import RetryableFailure
 from shared.http_errors import error_body, install_error_handlers, unavailable
 from shared.logs import get_logger
+from shared.plan import Plan, load_plan
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
 from shared.watchdog import report_stopped_subscribers
@@ -63,9 +64,14 @@ def create_app(
     settings: Settings,
     clock: Clock | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    plan: Plan | None = None,
 ) -> FastAPI:
-    """The ingest app. ``on_fatal`` is called when consuming has stopped for good."""
+    """The ingest app. ``on_fatal`` is called when consuming has stopped for good.
+
+    ``plan`` defaults to the one ``CLARION_PLAN`` names (or the shipped one).
+    """
     the_clock: Clock = clock or SystemClock()
+    the_plan = plan or load_plan(settings.plan)  # an invalid plan fails here, at once
     credentials = all_credentials(settings)  # a malformed credential fails here, at once
     parse_rate_limit(settings.ingest_rate_limit)  # and so does a malformed rate limit
 
@@ -83,7 +89,7 @@ def create_app(
         http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
         try:
             await ensure_consumer_groups(redis)
-            store = IncidentStore(redis, broker, the_clock, settings.resolve_hold)
+            store = IncidentStore(redis, broker, the_clock, the_plan)
             resolution_consumer(redis, store, settings).subscribe(broker, settings)
             rejections = RejectionLog(
                 redis,
@@ -105,7 +111,7 @@ def create_app(
                 HttpCertificateFetcher(http), settings.sns_cert_url_pattern, clock=the_clock
             )
             app.state.ingest = IngestState(
-                settings, the_clock, redis, broker, store, intake, sns_verifier, http
+                settings, the_plan, the_clock, redis, broker, store, intake, sns_verifier, http
             )
             await broker.start()
             stopping = asyncio.Event()
@@ -165,3 +171,7 @@ def _install_ingest_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IncidentClosed)
     async def _closed(_: Request, exc: IncidentClosed) -> JSONResponse:
         return JSONResponse(error_body("incident_resolved", str(exc)), 409)
+
+    @app.exception_handler(IncidentOpen)
+    async def _still_open(_: Request, exc: IncidentOpen) -> JSONResponse:
+        return JSONResponse(error_body("incident_open", str(exc)), 409)

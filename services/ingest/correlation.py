@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 from services.ingest.incident_change import NOTHING, Announcement, Correlation, commit, opening
 from shared.contracts import (
@@ -45,6 +46,9 @@ __all__ = ["Correlation", "correlate", "derived_impact"]
 MONITORING_STARTED = (
     "Every affected instance has recovered. We are monitoring to make sure it stays that way."
 )
+
+
+CUSTOMER_SUMMARY = "customer_summary"
 
 
 def derived_impact(service: str | None) -> str:
@@ -109,6 +113,7 @@ def _open(batch: _Batch, new_incident_id: Callable[[], str]) -> Correlation:
             key=lead.group_key,
             source=lead.source,
             title=lead.summary,
+            customer_title=lead.annotations.get(CUSTOMER_SUMMARY) or None,
             service=lead.service,
             impact=_impact(lead, firing),
             severity=lead.severity,
@@ -266,4 +271,18 @@ def _state(alert: Alert, known: AlertState | None = None) -> AlertState:
         labels=alert.labels,
         starts_at=starts_at,
         ends_at=alert.ends_at,
+        links=links_of(alert),
     )
+
+
+LINK_ANNOTATIONS: Final = ("runbook_url", "dashboard_url", "panel_url", "silence_url")
+
+
+def links_of(alert: Alert) -> dict[str, str]:
+    """The URLs an internal reader follows: the generator and the linking annotations."""
+    links = {"generator": alert.generator_url} if alert.generator_url else {}
+    for name in LINK_ANNOTATIONS:
+        url = alert.annotations.get(name)
+        if url and url.startswith(("https://", "http://")):
+            links[name.removesuffix("_url")] = url
+    return links

@@ -13,14 +13,25 @@ from datetime import datetime
 from typing import Any
 
 from services.ingest.incident_change import NOTHING, Announcement, Correlation, commit
-from shared.contracts import Incident, IncidentStatus, UpdateAuthor
+from shared.contracts import (
+    Incident,
+    IncidentPostmortemPublished,
+    IncidentStatus,
+    UpdateAuthor,
+    incident_event_id,
+)
 from shared.errors import ClarionError
 
 ACKNOWLEDGED = "The team has acknowledged the problem and is working on it."
+POSTMORTEM = "The post-mortem is published."
 
 
 class IncidentClosed(ClarionError):
     """The incident is resolved: it takes no more changes (answered with a 409)."""
+
+
+class IncidentOpen(ClarionError):
+    """The incident is still open: it has no post-mortem yet (answered with a 409)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,29 @@ def end_hold(current: Incident, monitoring_since: datetime, now: datetime) -> Co
         "resolves_at": None,
     }
     return commit(current, now, updates, resolved=True)
+
+
+def publish_postmortem(
+    current: Incident, now: datetime, url: str, summary: str | None = None
+) -> Correlation:
+    """The post-mortem of a resolved incident is out. The same link again changes nothing."""
+    if current.is_open:
+        raise IncidentOpen(
+            f"incident {current.id} is still open; resolve it before posting its post-mortem"
+        )
+    if current.postmortem_url == url and current.postmortem_summary == summary:
+        return NOTHING
+    updates = {"postmortem_url": url, "postmortem_summary": summary}
+    draft = commit(current, now, updates, announce=Announcement((POSTMORTEM,)))
+    assert draft.incident is not None
+    event = IncidentPostmortemPublished(
+        event_id=incident_event_id(
+            current.id, draft.incident.revision, "incident.postmortem_published"
+        ),
+        occurred_at=now,
+        incident=draft.incident,
+    )
+    return Correlation(draft.incident, [event])
 
 
 def _headline_updates(update: OperatorUpdate) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from shared.contracts import (
     Incident,
     IncidentOpened,
+    IncidentPostmortemPublished,
     IncidentResolved,
     IncidentSeverityChanged,
     IncidentUpdated,
@@ -24,8 +25,15 @@ from shared.contracts import (
     UpdateAuthor,
     incident_event_id,
 )
+from shared.plan import Plan
 
-IncidentChangeEvent = IncidentOpened | IncidentUpdated | IncidentSeverityChanged | IncidentResolved
+IncidentChangeEvent = (
+    IncidentOpened
+    | IncidentUpdated
+    | IncidentSeverityChanged
+    | IncidentResolved
+    | IncidentPostmortemPublished
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,18 @@ def commit(
             )
         )
     return Correlation(incident, events)
+
+
+def promised(event: IncidentChangeEvent, plan: Plan) -> IncidentChangeEvent:
+    """``event`` with the next scheduled update it promises, by the plan's cadence.
+
+    Stamped once, here, so the time a message promises is the time the scheduler fires.
+    """
+    incident = event.incident
+    if not incident.is_open:
+        return event
+    at = plan.next_update_at(incident.severity, event.occurred_at)
+    return event.model_copy(update={"next_update_at": at})
 
 
 def opening(incident: Incident) -> Correlation:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final
 
 from faststream.redis import RedisBroker
@@ -21,11 +21,12 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from services.ingest.correlation import correlate
-from services.ingest.incident_change import Correlation
+from services.ingest.incident_change import Correlation, promised
 from shared.clock import Clock
 from shared.contracts import Alert, Incident
 from shared.errors import ClarionError, RetryableFailure
 from shared.logs import get_logger
+from shared.plan import Plan
 from shared.redis_values import as_text
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key, open_incident_key
 
@@ -56,13 +57,11 @@ def new_incident_id() -> str:
 
 
 class IncidentStore:
-    def __init__(
-        self, redis: Redis, broker: RedisBroker, clock: Clock, hold: timedelta = timedelta(0)
-    ) -> None:
+    def __init__(self, redis: Redis, broker: RedisBroker, clock: Clock, plan: Plan) -> None:
         self._redis = redis
         self._broker = broker
         self._clock = clock
-        self._hold = hold
+        self._plan = plan
 
     async def apply(
         self,
@@ -90,7 +89,7 @@ class IncidentStore:
                 new_incident_id,
                 truncated=truncated,
                 external_url=external_url,
-                hold=self._hold,
+                hold=self._plan.monitoring_hold,
             )
 
         return await self._transact(open_incident_key(group_key), None, change, aliases)
@@ -181,7 +180,9 @@ class IncidentStore:
             # A resolved group that fires again later opens a new incident.
             pipe.delete(pointer)
         for event in outcome.events:
-            await self._broker.publish(event, stream=INCIDENT_EVENTS, pipeline=pipe)
+            await self._broker.publish(
+                promised(event, self._plan), stream=INCIDENT_EVENTS, pipeline=pipe
+            )
 
 
 def _result(current: Incident | None, outcome: Correlation) -> ApplyResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from shared.contracts import Incident, IncidentStatus
 
@@ -63,3 +63,20 @@ class ResolveRequest(BaseModel):
     )
 
     message: str | None = Field(default=None, min_length=1, max_length=5000)
+
+
+class PostmortemRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://status.example.com/postmortems/2026-11-23",
+                    "summary": "A configuration change overloaded the payment database.",
+                }
+            ]
+        },
+    )
+
+    url: HttpUrl
+    summary: str | None = Field(default=None, min_length=1, max_length=2000)

@@ -20,6 +20,7 @@ from shared.auth import check_bearer
 from shared.clock import Clock
 from shared.contracts import Alert
 from shared.errors import Forbidden
+from shared.plan import Plan
 from shared.settings import Settings
 
 
@@ -35,6 +36,7 @@ class Accepted:
 @dataclass(frozen=True)
 class IngestState:
     settings: Settings
+    plan: Plan
     clock: Clock
     redis: Redis
     broker: RedisBroker
@@ -45,9 +47,9 @@ class IngestState:
     _severities: dict[str, SeverityMap] = field(default_factory=dict)
 
     def severities(self, source: str, base: SeverityMap) -> SeverityMap:
-        """``base`` with the operator's ``CLARION_SEVERITY_MAP`` overrides, merged once."""
+        """``base`` with the plan's ``source_severities`` overrides, merged once."""
         if source not in self._severities:
-            self._severities[source] = configured(source, base, self.settings.severity_map)
+            self._severities[source] = configured(source, base, self.plan.source_severities)
         return self._severities[source]
 
     async def accept(

@@ -1,11 +1,11 @@
 """The cadence rules, as pure functions: when the next update of an incident is due.
 
-* ``IncidentOpened``: update #1 is due one interval (of the severity) after the opening.
-* ``IncidentUpdated`` / ``IncidentSeverityChanged``: the dispatcher has just told
-  everyone "next update at occurred_at + interval", so the pending item moves to
-  exactly that time and keeps its sequence. An event older than the item's basis
-  (a reclaimed, stale event) changes nothing: the basis never moves backwards.
-* ``IncidentResolved``: the item goes away.
+* An incident event carries the ``next_update_at`` it promised (stamped once by
+  ingest from the plan's cadence). The pending item moves to exactly that time
+  and keeps its sequence; with no promise (a severity updated only on open and
+  resolve) the item goes away. An event older than the item's basis (a
+  reclaimed, stale event) changes nothing: the basis never moves backwards.
+* A resolved incident (``IncidentResolved``, a post-mortem) has no pending item.
 * Firing update #n at ``fired_at``: the next one (#n+1) is due one interval after
   ``fired_at``. A late scheduler fires late; it never skips and never bursts.
 """
@@ -17,15 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from shared.contracts import (
-    IncidentEvent,
-    IncidentResolved,
-    Severity,
-    UpdateDue,
-)
+from shared.contracts import IncidentEvent, Severity, UpdateDue
 
-IntervalFor = Callable[[Severity], timedelta]
-"""How long between updates for a severity (``Settings.update_interval``)."""
+IntervalFor = Callable[[Severity], timedelta | None]
+"""How long between updates for a severity (``Plan.cadence``); None: no scheduled updates."""
 
 
 class DueItem(BaseModel):
@@ -68,43 +63,42 @@ def ceil_ms(moment: datetime) -> int:
     return -((_EPOCH - moment) // _MS)
 
 
-def apply_event(
-    item: ScheduleItem | None, event: IncidentEvent, interval_for: IntervalFor
-) -> ScheduleItem | None:
+def apply_event(item: ScheduleItem | None, event: IncidentEvent) -> ScheduleItem | None:
     """The item after ``event``; ``None`` when the incident should have no pending update.
 
     Returns ``item`` itself (equal, unchanged) when the event changes nothing.
     """
-    if isinstance(event, IncidentResolved):
+    if not event.incident.is_open:
         return None
     if item is not None and event.occurred_at < item.basis_at:
         return item
-    severity = event.incident.severity
+    if event.next_update_at is None:
+        return None
     return ScheduleItem(
         incident_id=event.incident_id,
         sequence=item.sequence if item is not None else 1,
-        severity=severity,
+        severity=event.incident.severity,
         basis_at=event.occurred_at,
-        due_at=event.occurred_at + interval_for(severity),
+        due_at=event.next_update_at,
     )
 
 
 def fire(
     item: ScheduleItem, fired_at: datetime, severity: Severity, interval_for: IntervalFor
-) -> tuple[UpdateDue, ScheduleItem]:
+) -> tuple[UpdateDue, ScheduleItem | None]:
     """Fire ``item`` at ``fired_at`` for an incident now at ``severity``.
 
-    Returns the ``UpdateDue`` to publish and the item that replaces ``item``.
+    Returns the ``UpdateDue`` to publish and the item that replaces ``item``
+    (None when the severity no longer has scheduled updates).
     """
     next_item = advance(item, item.sequence, fired_at, severity, interval_for)
-    assert next_item is not None  # advancing an item never removes it
     due = UpdateDue(
         event_id=update_event_id(item.incident_id, item.sequence),
         incident_id=item.incident_id,
         sequence=item.sequence,
         due_at=item.due_at,
         emitted_at=fired_at,
-        next_update_at=next_item.due_at,
+        next_update_at=next_item.due_at if next_item is not None else None,
     )
     return due, next_item
 
@@ -121,16 +115,20 @@ def advance(
     Unchanged when there is nothing to advance: the item is gone (resolved) or
     already past that sequence (another instance completed it). If an event
     moved the item to a basis later than ``fired_at`` meanwhile, that newer
-    promise stands and only the sequence moves on.
+    promise stands and only the sequence moves on. None when ``severity`` has
+    no scheduled updates.
     """
     if current is None or current.sequence != fired_sequence:
         return current
     if current.basis_at > fired_at:
         return current.model_copy(update={"sequence": fired_sequence + 1})
+    interval = interval_for(severity)
+    if interval is None:
+        return None
     return ScheduleItem(
         incident_id=current.incident_id,
         sequence=fired_sequence + 1,
         severity=severity,
         basis_at=fired_at,
-        due_at=fired_at + interval_for(severity),
+        due_at=fired_at + interval,
     )

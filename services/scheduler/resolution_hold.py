@@ -10,22 +10,20 @@ ingest, which resolves the incident if that same hold still stands.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
-from typing import Final, Protocol
+from typing import Protocol
 
 from pydantic import AwareDatetime
 from redis.asyncio import Redis
 
 from services.scheduler.cadence import DueItem
-from services.scheduler.schedule_store import Claim, ScheduleStore
+from services.scheduler.schedule_store import ScheduleStore
+from services.scheduler.timers import TimerFirer
 from shared.clock import Clock
 from shared.contracts import Incident, ResolutionDue
 from shared.incidents import load_incident
-from shared.logs import bound, get_logger
+from shared.logs import get_logger
 from shared.streams import RESOLUTION_DUE, RESOLUTION_ITEMS
-
-BATCH_SIZE: Final = 100
 
 log = get_logger("clarion.scheduler.resolution")
 
@@ -86,50 +84,17 @@ async def follow_incident(
     return after
 
 
-class ResolutionFirer:
+def resolution_firer(
+    store: ScheduleStore[ResolutionTimer],
+    publisher: ResolutionPublisher,
+    clock: Clock,
+    lease: timedelta,
+) -> TimerFirer[ResolutionTimer]:
     """Claims due timers with a lease and publishes their ``ResolutionDue``."""
 
-    def __init__(
-        self,
-        store: ScheduleStore[ResolutionTimer],
-        publisher: ResolutionPublisher,
-        clock: Clock,
-        lease: timedelta,
-    ) -> None:
-        self._store = store
-        self._publisher = publisher
-        self._clock = clock
-        self._lease = lease
+    async def fire(timer: ResolutionTimer, now: datetime) -> str:
+        due = resolution_due(timer, now)
+        await publisher.publish_resolution(due)
+        return due.event_id
 
-    async def run_once(self) -> int:
-        """Fire every timer due now; returns how many were published."""
-        fired = 0
-        while True:
-            claims = await self._store.claim(self._clock.now(), self._lease, BATCH_SIZE)
-            results = await asyncio.gather(*(self._fire(c) for c in claims), return_exceptions=True)
-            for claim, result in zip(claims, results, strict=True):
-                if isinstance(result, Exception):  # the lease runs out; fired again later
-                    log.error(
-                        "resolution.fire_failed",
-                        incident_id=claim.incident_id,
-                        error=f"{type(result).__name__}: {result}",
-                    )
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    fired += int(result)
-            if len(claims) < BATCH_SIZE:
-                return fired
-
-    async def _fire(self, claim: Claim[ResolutionTimer]) -> bool:
-        with bound(incident_id=claim.incident_id):
-            if claim.item is None:
-                await self._store.drop(claim)
-                return False
-            now = self._clock.now()
-            due = resolution_due(claim.item, now)
-            await self._publisher.publish_resolution(due)
-            late_ms = (now - claim.item.due_at) // timedelta(milliseconds=1)
-            log.info("resolution.due", event_id=due.event_id, late_ms=late_ms)
-            await self._store.drop(claim)  # if it moved meanwhile, the new timer stays
-            return True
+    return TimerFirer("resolution", store, fire, clock, lease)

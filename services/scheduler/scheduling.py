@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.cadence import IntervalFor, ScheduleItem, apply_event
+from services.scheduler.cadence import ScheduleItem, apply_event
 from services.scheduler.schedule_store import ScheduleStore
 from shared.contracts import IncidentEvent
 from shared.logs import bound, get_logger
@@ -11,13 +11,11 @@ log = get_logger("clarion.scheduler")
 
 
 async def schedule_incident_event(
-    store: ScheduleStore[ScheduleItem], event: IncidentEvent, interval_for: IntervalFor
+    store: ScheduleStore[ScheduleItem], event: IncidentEvent
 ) -> ScheduleItem | None:
     """Apply ``event`` to the incident's pending update; returns the item now stored."""
     with bound(incident_id=event.incident_id):
-        before, after = await store.change(
-            event.incident_id, lambda item: apply_event(item, event, interval_for)
-        )
+        before, after = await store.change(event.incident_id, lambda item: apply_event(item, event))
         if after is None:
             log.info("schedule.removed", event_id=event.event_id, event_type=event.type)
         elif after == before:

@@ -7,17 +7,19 @@ from datetime import timedelta
 
 from faststream.redis import RedisBroker
 
-from services.scheduler.handlers import incident_event_consumer
-from services.scheduler.resolution_hold import ResolutionFirer, resolution_schedule
+from services.scheduler.approval_timeout import approval_firer, approval_schedule
+from services.scheduler.handlers import approval_consumer, incident_event_consumer
+from services.scheduler.resolution_hold import resolution_firer, resolution_schedule
 from services.scheduler.schedule_store import update_schedule
-from services.scheduler.ticker import Ticker
+from services.scheduler.ticker import Firer, Ticker
 from shared.clock import Clock, SystemClock
-from shared.contracts import ResolutionDue, UpdateDue
+from shared.contracts import ApprovalGranted, ApprovalRequested, ResolutionDue, UpdateDue
 from shared.errors import ClarionError
 from shared.logs import get_logger
+from shared.plan import Plan, load_plan
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
 from shared.settings import Settings
-from shared.streams import RESOLUTIONS_DUE, UPDATES_DUE
+from shared.streams import APPROVALS, RESOLUTIONS_DUE, UPDATES_DUE
 from shared.watchdog import watch_subscribers
 
 log = get_logger("clarion.scheduler")
@@ -39,6 +41,9 @@ class BrokerUpdatePublisher:
     async def publish_resolution(self, due: ResolutionDue) -> None:
         await self._broker.publish(due, stream=RESOLUTIONS_DUE)
 
+    async def publish_approval(self, event: ApprovalRequested | ApprovalGranted) -> None:
+        await self._broker.publish(event, stream=APPROVALS)
+
 
 def build_broker(settings: Settings) -> RedisBroker:
     return RedisBroker(
@@ -49,23 +54,31 @@ def build_broker(settings: Settings) -> RedisBroker:
     )
 
 
-async def run(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+async def run(
+    settings: Settings, stop: asyncio.Event, clock: Clock | None = None, plan: Plan | None = None
+) -> None:
     """Run the scheduler until ``stop`` is set.
 
     Raises :class:`SubscriberStopped` when a subscriber dies on its own, so the
     process exits non-zero and its supervisor restarts it.
     """
+    the_plan = plan or load_plan(settings.plan)
     redis = connect(settings.require_redis_url())
     try:
         await ensure_consumer_groups(redis)
         the_clock = clock or SystemClock()
         updates, resolutions = update_schedule(redis), resolution_schedule(redis)
         broker = build_broker(settings)
+        approvals = approval_schedule(redis)
         incident_event_consumer(redis, updates, resolutions, settings).subscribe(broker, settings)
+        approval_consumer(redis, approvals, settings).subscribe(broker, settings)
         publisher = BrokerUpdatePublisher(broker)
         lease = timedelta(milliseconds=settings.scheduler_lease_ms)
-        firer = ResolutionFirer(resolutions, publisher, the_clock, lease)
-        ticker = Ticker(updates, publisher, redis, settings, the_clock, also=[firer])
+        firers: list[Firer] = [
+            resolution_firer(resolutions, publisher, the_clock, lease),
+            approval_firer(approvals, publisher, the_clock, lease),
+        ]
+        ticker = Ticker(updates, publisher, redis, settings, the_clock, plan=the_plan, also=firers)
         await broker.start()
         log.info("scheduler.started", consumer=settings.consumer_name)
         try:

@@ -16,6 +16,7 @@ from shared.clock import Clock
 from shared.contracts import UpdateDue
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
+from shared.plan import Plan
 from shared.settings import Settings
 from shared.streams import SCHEDULER_HEARTBEAT
 
@@ -45,6 +46,7 @@ class Ticker:
         settings: Settings,
         clock: Clock,
         *,
+        plan: Plan,
         batch_size: int = DEFAULT_BATCH_SIZE,
         also: Sequence[Firer] = (),
     ) -> None:
@@ -53,6 +55,7 @@ class Ticker:
         self._redis = redis
         self._settings = settings
         self._clock = clock
+        self._plan = plan
         self._batch_size = batch_size
         self._also = also
         self._lease = timedelta(milliseconds=settings.scheduler_lease_ms)
@@ -115,7 +118,7 @@ class Ticker:
                 )
                 return False
             fired_at = self._clock.now()
-            interval_for = self._settings.update_interval
+            interval_for = self._plan.cadence
             due, next_item = fire(item, fired_at, incident.severity, interval_for)
             await self._publisher.publish(due)
             log.info(
@@ -124,7 +127,7 @@ class Ticker:
                 sequence=due.sequence,
                 due_at=due.due_at.isoformat(),
                 late_ms=(fired_at - item.due_at) // timedelta(milliseconds=1),
-                next_update_at=due.next_update_at.isoformat(),
+                next_update_at=due.next_update_at.isoformat() if due.next_update_at else None,
             )
             if not await self._store.complete(claim, next_item):
                 # An event moved the item while we held it: keep its newer

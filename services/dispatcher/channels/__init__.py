@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from services.dispatcher.channels.outcome import Outcome
-from services.dispatcher.plan import Delivery
-from services.dispatcher.render import RenderedMessage
+from services.dispatcher.fanout import Delivery
+from services.dispatcher.rendering.messages import RenderedMessage
 
 
 class Channel(Protocol):

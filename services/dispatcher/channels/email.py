@@ -9,9 +9,9 @@ import aiosmtplib
 from redis.asyncio import Redis
 
 from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
-from services.dispatcher.outbox import queue_email
-from services.dispatcher.plan import Delivery
-from services.dispatcher.render import RenderedMessage
+from services.dispatcher.fanout import Delivery
+from services.dispatcher.outbox import OutboxMessage, queue_message
+from services.dispatcher.rendering.messages import RenderedMessage
 from shared.clock import Clock
 from shared.settings import Settings
 
@@ -74,15 +74,17 @@ class EmailChannel:
         email = build_email(message, recipient, delivery, settings, self._clock)
         message_id = str(email["Message-ID"])
         if settings.smtp_host is None:
-            await queue_email(
-                self._redis,
+            outgoing = OutboxMessage(
+                channel=delivery.channel,
                 to=recipient,
                 subject=message.subject,
                 text=message.text,
                 message_id=message_id,
                 queued_at=self._clock.now(),
                 incident_id=delivery.incident_id,
+                reason="no SMTP server configured (CLARION_SMTP_HOST)",
             )
+            await queue_message(self._redis, outgoing)
             return Sent(message_id)
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         try:

@@ -6,8 +6,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
-from services.dispatcher.plan import Delivery
-from services.dispatcher.render import RenderedMessage
+from services.dispatcher.fanout import Delivery
+from services.dispatcher.rendering.messages import RenderedMessage
 from services.dispatcher.status_page_store import StatusPageStore, StatusPageUpdate, state_for
 
 
@@ -25,11 +25,11 @@ class StatusPageChannel:
             id=delivery.delivery_id,
             posted_at=delivery.occurred_at,
             state=state_for(incident),
-            headline=message.subject,
+            headline=state_for(incident).value.capitalize(),
             body=message.text,
         )
         try:
-            await self._store.post(incident, update)
+            await self._store.post(incident, update, title=message.title)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             return Retryable(f"{type(exc).__name__}: {exc}")
         return Sent(delivery.delivery_id)

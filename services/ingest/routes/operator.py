@@ -11,13 +11,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from services.ingest.incident_actions import OperatorUpdate, acknowledge, post_update, resolve
+from services.ingest.incident_actions import (
+    OperatorUpdate,
+    acknowledge,
+    post_update,
+    publish_postmortem,
+    resolve,
+)
 from services.ingest.incident_store import ApplyResult, IncidentNotFound
 from services.ingest.operator_models import (
     AcknowledgeRequest,
     ActionResult,
     IncidentList,
     IncidentView,
+    PostmortemRequest,
     ResolveRequest,
     UpdateRequest,
 )
@@ -102,6 +109,22 @@ async def resolve_incident(
         incident_id, lambda current, now: resolve(current, now, message)
     )
     return _answer("resolved", result)
+
+
+@operator.post(
+    "/{incident_id}/postmortem",
+    summary="Publish the post-mortem of a resolved incident",
+    description="Tells the audiences the plan routes `postmortem_published` to. "
+    "The same link again changes nothing; a new link is announced as a correction.",
+)
+async def post_postmortem(
+    incident_id: str, state: State, body: Annotated[PostmortemRequest, Body()]
+) -> ActionResult:
+    url, summary = str(body.url), body.summary
+    result = await state.store.change(
+        incident_id, lambda current, now: publish_postmortem(current, now, url, summary)
+    )
+    return _answer("postmortem_published", result)
 
 
 def _answer(action: str, result: ApplyResult) -> ActionResult:

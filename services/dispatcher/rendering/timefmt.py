@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -12,13 +13,26 @@ _MONTHS: Final = (
 )  # fmt: skip
 
 
-def format_timestamp(moment: datetime, zone: ZoneInfo) -> str:
-    """``14:30 UTC, Mon 23 Nov 2026``: a concrete time with its time zone."""
-    local = moment.astimezone(zone)
-    return (
+def format_timestamp(moment: datetime, zones: Sequence[ZoneInfo]) -> str:
+    """``14:30 UTC, Mon 23 Nov 2026``: a concrete time with its time zone.
+
+    With more zones, the others follow in brackets: ``... 2026 (09:30 EST)``.
+    """
+    first, *others = zones
+    local = moment.astimezone(first)
+    text = (
         f"{local:%H:%M} {local.tzname()}, "
         f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month - 1]} {local.year}"
     )
+    if others:
+        text += " (" + ", ".join(_clock_time(moment, zone) for zone in others) + ")"
+    return text
+
+
+def _clock_time(moment: datetime, zone: ZoneInfo) -> str:
+    local = moment.astimezone(zone)
+    day = "" if local.date() == moment.astimezone(UTC).date() else f" {_DAYS[local.weekday()]}"
+    return f"{local:%H:%M} {local.tzname()}{day}"
 
 
 def format_duration(span: timedelta) -> str:

@@ -1,0 +1,1 @@
+"""Rendering: turn an incident event into each channel's message."""

@@ -1,0 +1,155 @@
+"""What templates may use: the event and its incident, already in the words of one audience.
+
+A public audience (customers) gets plain words only: the customer-facing title,
+the impact, times with their zone. It never gets alerts, labels or source links,
+so no template can leak them. An internal audience also gets the technical detail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from services.dispatcher.rendering.timefmt import format_duration, format_timestamp
+from shared.contracts import (
+    Incident,
+    IncidentOpened,
+    IncidentPostmortemPublished,
+    IncidentResolved,
+    IncidentSeverityChanged,
+    IncidentUpdated,
+    UpdateDue,
+)
+from shared.plan import EventKind, Plan
+from shared.settings import Settings
+
+DispatchEvent = (
+    IncidentOpened
+    | IncidentUpdated
+    | IncidentSeverityChanged
+    | IncidentResolved
+    | IncidentPostmortemPublished
+    | UpdateDue
+)
+
+MAX_ALERTS_SHOWN: Final = 10
+
+_KINDS: Final[dict[type[Any], EventKind]] = {
+    IncidentOpened: EventKind.OPENED,
+    IncidentUpdated: EventKind.UPDATED,
+    IncidentSeverityChanged: EventKind.SEVERITY_CHANGED,
+    UpdateDue: EventKind.UPDATE_DUE,
+    IncidentResolved: EventKind.RESOLVED,
+    IncidentPostmortemPublished: EventKind.POSTMORTEM_PUBLISHED,
+}
+
+
+def kind_of(event: DispatchEvent) -> EventKind:
+    return _KINDS[type(event)]
+
+
+def event_time(event: DispatchEvent) -> datetime:
+    """When the event happened, as readers should see it."""
+    return event.emitted_at if isinstance(event, UpdateDue) else event.occurred_at
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What rendering needs besides the event: the plan and where the status page is."""
+
+    plan: Plan
+    status_url: str
+
+    @classmethod
+    def of(cls, plan: Plan, settings: Settings) -> RenderContext:
+        return cls(plan=plan, status_url=plan.follow_url(settings.local_status_url))
+
+    @property
+    def zones(self) -> tuple[ZoneInfo, ...]:
+        return self.plan.zones
+
+
+def customer_title(incident: Incident, plan: Plan) -> str:
+    """An operator's title, else the alerts' ``customer_summary``, else the plan's words."""
+    if incident.headline_by_operator:
+        return incident.title
+    if incident.customer_title:
+        return incident.customer_title
+    words = plan.policy(incident.severity).name
+    words = words[:1].upper() + words[1:]
+    return f"{words} affecting {incident.service}" if incident.service else words
+
+
+def template_values(
+    event: DispatchEvent, incident: Incident, context: RenderContext, audience: str, public: bool
+) -> dict[str, Any]:
+    """Everything the templates may use for ``audience``, already formatted."""
+    zones = context.zones
+    kind = kind_of(event)
+    ended = incident.resolved_at or event_time(event)
+    began = incident.began_at
+    next_update = event.next_update_at if kind not in _NO_NEXT_UPDATE else None
+    policy = context.plan.policy(incident.severity)
+    values: dict[str, Any] = {
+        "kind": kind.value,
+        "audience": audience,
+        "internal": not public,
+        "org": context.plan.organization,
+        "incident_id": incident.id,
+        "title": customer_title(incident, context.plan) if public else incident.title,
+        "impact": incident.impact,
+        "service": incident.service,
+        "sev": incident.severity.sev,
+        "severity_words": policy.name,
+        "status": incident.status.value,
+        "timestamp": format_timestamp(event_time(event), zones),
+        "next_update": format_timestamp(next_update, zones) if next_update else None,
+        "status_url": context.status_url,
+        "started": format_timestamp(began, zones),
+        "ended": format_timestamp(ended, zones),
+        "duration": format_duration(ended - began),
+        "changes": list(event.changes) if isinstance(event, IncidentUpdated) else [],
+        "message": event.message if isinstance(event, IncidentUpdated) else None,
+        "sequence": event.sequence if isinstance(event, UpdateDue) else None,
+        "previous_severity_words": None,
+        "worse": False,
+        "postmortem_url": incident.postmortem_url,
+        "postmortem_summary": incident.postmortem_summary,
+        "acknowledged_by": None,
+        "external_url": None,
+        "alerts": [],
+        "alerts_more": 0,
+    }
+    if isinstance(event, IncidentSeverityChanged):
+        values["previous_severity_words"] = context.plan.policy(event.previous_severity).name
+        values["worse"] = incident.severity.rank < event.previous_severity.rank
+    if not public:
+        values.update(_technical(incident, kind))
+    return values
+
+
+_NO_NEXT_UPDATE: Final = frozenset({EventKind.RESOLVED, EventKind.POSTMORTEM_PUBLISHED})
+
+
+def _technical(incident: Incident, kind: EventKind) -> dict[str, Any]:
+    """Alerts, labels and links, for internal readers only."""
+    alerts = incident.alerts if kind is EventKind.RESOLVED else incident.firing_alerts
+    shown = [
+        {
+            "status": alert.status.value,
+            "summary": alert.summary,
+            "description": alert.description,
+            "labels": ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items())),
+            "links": [{"name": name, "url": url} for name, url in alert.links.items()],
+        }
+        for alert in (alerts or incident.alerts)[:MAX_ALERTS_SHOWN]
+    ]
+    hidden = len(alerts or incident.alerts) - len(shown) + incident.truncated_alerts
+    return {
+        "acknowledged_by": incident.acknowledged_by,
+        "external_url": incident.external_url,
+        "alerts": shown,
+        "alerts_more": max(hidden, 0),
+    }

@@ -1,0 +1,76 @@
+"""One-shot timers: claim what is due with a lease, fire it, drop it.
+
+The resolution hold and the approval auto-publish are both one-shot timers in a
+:class:`ScheduleStore`; this fires them. A claim whose fire fails keeps its lease
+and fires again once the lease runs out: late, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Final, Generic
+
+from services.scheduler.cadence import DueItem
+from services.scheduler.schedule_store import Claim, ItemT, ScheduleStore
+from shared.clock import Clock
+from shared.logs import bound, get_logger
+
+BATCH_SIZE: Final = 100
+
+log = get_logger("clarion.scheduler.timers")
+
+FireTimer = Callable[[ItemT, datetime], Awaitable[str]]
+"""Publish what a due timer stands for; returns the id of the published event."""
+
+
+class TimerFirer(Generic[ItemT]):
+    def __init__(
+        self,
+        kind: str,
+        store: ScheduleStore[ItemT],
+        fire: FireTimer[ItemT],
+        clock: Clock,
+        lease: timedelta,
+    ) -> None:
+        self._kind = kind
+        self._store = store
+        self._fire_item = fire
+        self._clock = clock
+        self._lease = lease
+
+    async def run_once(self) -> int:
+        """Fire every timer due now; returns how many were published."""
+        fired = 0
+        while True:
+            claims = await self._store.claim(self._clock.now(), self._lease, BATCH_SIZE)
+            results = await asyncio.gather(*(self._fire(c) for c in claims), return_exceptions=True)
+            for claim, result in zip(claims, results, strict=True):
+                if isinstance(result, Exception):  # the lease runs out; fired again later
+                    log.error(
+                        f"{self._kind}.fire_failed",
+                        key=claim.incident_id,
+                        error=f"{type(result).__name__}: {result}",
+                    )
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    fired += int(result)
+            if len(claims) < BATCH_SIZE:
+                return fired
+
+    async def _fire(self, claim: Claim[ItemT]) -> bool:
+        with bound(incident_id=claim.item.incident_id if claim.item else claim.incident_id):
+            if claim.item is None:
+                await self._store.drop(claim)
+                return False
+            now = self._clock.now()
+            event_id = await self._fire_item(claim.item, now)
+            late_ms = (now - claim.item.due_at) // timedelta(milliseconds=1)
+            log.info(f"{self._kind}.due", event_id=event_id, late_ms=late_ms)
+            await self._store.drop(claim)  # if it moved meanwhile, the new timer stays
+            return True
+
+
+__all__ = ["DueItem", "TimerFirer"]
