@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from shared.embedded import start_embedded_valkey
+from tests.support.plans import write_plan
 from tests.support.processes import System
 from tests.support.smtp import SmtpServer
 
@@ -113,7 +114,7 @@ async def main() -> None:
                 "CLARION_REDIS_URL": str(valkey.connection_url),
                 "CLARION_SMTP_HOST": smtp.host,
                 "CLARION_SMTP_PORT": str(smtp.port),
-                "CLARION_EMAIL_RECIPIENTS": "bench@example.com",
+                "CLARION_PLAN": str(write_plan(Path(tmp), ["bench@example.com"])),
                 "CLARION_LOG_LEVEL": "WARNING",
             },
             log_dir=Path(tmp),

@@ -137,8 +137,14 @@ class Settings(BaseSettings):
 
     @property
     def local_status_url(self) -> str:
-        """The built-in status page, where the plan names no public one."""
-        return f"http://{self.dispatcher_host}:{self.dispatcher_port}/status"
+        """The built-in status page, where the plan names no public one.
+
+        A dispatcher listening on every address (``0.0.0.0``) is reached on loopback.
+        """
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(  # noqa: S104
+            self.dispatcher_host, self.dispatcher_host
+        )
+        return f"http://{host}:{self.dispatcher_port}/status"
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared.embedded import start_embedded_valkey
 from shared.settings import Settings
+from tests.support.plans import write_plan
 from tests.support.smtp import SmtpServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -62,17 +63,20 @@ def smtp_server() -> Iterator[SmtpServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def test_plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plan services load in tests unless a test names another (tests/support/plans.py)."""
+    return write_plan(tmp_path_factory.mktemp("plan"))
+
+
 @pytest.fixture
-def make_settings(redis_url: str) -> Callable[..., Settings]:
-    """Settings for tests: fast cadence and reclaim, pointed at the test Redis."""
+def make_settings(redis_url: str, test_plan_path: Path) -> Callable[..., Settings]:
+    """Settings for tests: fast reclaim and ticks, the test Redis, the test plan."""
 
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "redis_url": redis_url,
-            "update_interval_critical": 2,
-            "update_interval_error": 3,
-            "update_interval_warning": 4,
-            "update_interval_info": 5,
+            "plan": test_plan_path,
             "reclaim_idle_ms": 1000,
             "polling_interval_ms": 100,
             "idempotency_lease_ms": 1000,
@@ -80,7 +84,6 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
             "scheduler_lease_ms": 1000,
             "max_deliveries": 3,
             "log_format": "json",
-            "resolve_hold": 0,  # resolve at once; hold tests set their own
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

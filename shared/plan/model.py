@@ -134,8 +134,8 @@ class SeverityPolicy(PlanModel):
     def _positive(self) -> SeverityPolicy:
         for name in ("update_every", "acknowledge_within"):
             value = getattr(self, name)
-            if value is not None and value < timedelta(minutes=1):
-                raise ValueError(f"{name} must be at least 1 minute, not {value}")
+            if value is not None and value < timedelta(seconds=1):
+                raise ValueError(f"{name} must be at least 1 second, not {value}")
         return self
 
 

@@ -1,28 +1,27 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from shared.contracts import Severity
+from tests.support.plans import write_plan
 from tests.support.processes import System
 from tests.support.smtp import SmtpServer
 
-# Fast cadence so a test sees scheduled updates; short reclaim so a crash is
-# recovered quickly. Alertmanager's sample group is critical.
+# A fast cadence (E2E_CADENCE) so a test sees scheduled updates; short reclaim so a
+# crash is recovered quickly. Alertmanager's sample group is critical.
+E2E_CADENCE = dict.fromkeys(Severity, timedelta(seconds=3))
+E2E_EMAILS = ("alice@example.com", "bob@example.org")
 E2E_ENV = {
-    "CLARION_UPDATE_INTERVAL_CRITICAL": "3",
-    "CLARION_UPDATE_INTERVAL_ERROR": "3",
-    "CLARION_UPDATE_INTERVAL_WARNING": "3",
-    "CLARION_UPDATE_INTERVAL_INFO": "3",
     "CLARION_RECLAIM_IDLE_MS": "1500",
     "CLARION_IDEMPOTENCY_LEASE_MS": "1500",
     "CLARION_POLLING_INTERVAL_MS": "100",
     "CLARION_SCHEDULER_TICK_MS": "100",
     "CLARION_SCHEDULER_LEASE_MS": "2000",
-    "CLARION_EMAIL_RECIPIENTS": "alice@example.com,bob@example.org",
     "CLARION_INGEST_TOKEN": "e2e-token",
-    "CLARION_RESOLVE_HOLD": "2",
 }
 AUTH = {"Authorization": "Bearer e2e-token"}
 
@@ -33,9 +32,19 @@ def make_system(
 ) -> Iterator[Callable[..., System]]:
     systems: list[System] = []
 
-    def factory(**overrides: str) -> System:
+    def factory(
+        *,
+        emails: Sequence[str] = E2E_EMAILS,
+        cadence: Mapping[Severity, timedelta | None] = E2E_CADENCE,
+        **overrides: str,
+    ) -> System:
+        """The three services; their plan emails ``emails`` at ``cadence``, holds 2 s."""
+        plan_dir = tmp_path / f"plan-{len(systems)}"
+        plan_dir.mkdir()
+        plan = write_plan(plan_dir, emails, cadence=cadence, monitoring_hold=timedelta(seconds=2))
         env = {
             **E2E_ENV,
+            "CLARION_PLAN": str(plan),
             "CLARION_REDIS_URL": redis_url,
             "CLARION_SMTP_HOST": smtp_server.host,
             "CLARION_SMTP_PORT": str(smtp_server.port),

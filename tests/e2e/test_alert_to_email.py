@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any, cast
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.contracts import UpdateDue
+from shared.contracts import Severity, UpdateDue
 from shared.streams import (
     DELIVERY_LOG,
     DISPATCHER_GROUP,
@@ -147,7 +148,7 @@ async def _group_caught_up(redis: Redis, stream: str, group: str) -> bool:
 async def test_a_redelivered_event_sends_exactly_one_email(
     redis: Redis, smtp_server: SmtpServer, make_system: Callable[..., System]
 ) -> None:
-    system = make_system(CLARION_EMAIL_RECIPIENTS="alice@example.com")
+    system = make_system(emails=["alice@example.com"])
     system.start()
     async with httpx.AsyncClient(timeout=10) as client:
         await _post(client, system, FIRING)
@@ -170,8 +171,7 @@ async def test_a_dispatcher_killed_mid_send_delivers_once_after_restart(
     redis: Redis, smtp_server: SmtpServer, make_system: Callable[..., System]
 ) -> None:
     system = make_system(
-        CLARION_EMAIL_RECIPIENTS="alice@example.com",
-        CLARION_UPDATE_INTERVAL_CRITICAL="1h",
+        emails=["alice@example.com"], cadence=dict.fromkeys(Severity, timedelta(hours=1))
     )
     system.start()
     held, release = smtp_server.hold_next()

@@ -14,23 +14,24 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.dispatcher.outbox import OutboxEmail, read_outbox
+from services.dispatcher.outbox import OutboxMessage, read_outbox
 from services.launcher import RUNTIME_FILE, ChildSpec, unavailable_ports
 from services.local_run import (
     FIRING_SAMPLE,
-    PLACEHOLDER_RECIPIENT,
     READY_LINE,
     Endpoints,
     UpOptions,
     run_up,
 )
 from shared.settings import Settings
+from tests.support.plans import make_plan, write_plan
 from tests.support.smtp import free_port
 from tests.support.waiting import eventually
 
@@ -119,7 +120,8 @@ async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
     assert '"Authorization: Bearer $CLARION_INGEST_TOKEN"' in text
     assert TOKEN not in text
     assert f"@{FIRING_SAMPLE}" in text
-    assert f"queued locally for {PLACEHOLDER_RECIPIENT}" in text
+    assert "from the shipped default plan" in text
+    assert "channels without credentials go to `clarion outbox`" in text
     runtime = json.loads((up.data_dir / RUNTIME_FILE).read_text())
     assert (up.data_dir / "valkey").is_dir()
 
@@ -135,14 +137,22 @@ async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
     redis = Redis.from_url(runtime["redis_url"])
     try:
 
-        async def opened_email() -> list[OutboxEmail]:
-            return [e for e in await read_outbox(redis) if e.incident_id == incident_id]
+        async def opened_email() -> list[OutboxMessage]:
+            return [
+                e
+                for e in await read_outbox(redis, channel="email", limit=100)
+                if e.incident_id == incident_id and e.to == "customer@example.invalid"
+            ]
 
         emails = await eventually(opened_email, within=30, what="the opening email")
+        sms = [e for e in await read_outbox(redis, channel="sms") if e.incident_id == incident_id]
     finally:
         await redis.aclose()
-    # No SMTP server, no recipients: the outbox shows what a placeholder customer would get.
-    assert emails[0].to == PLACEHOLDER_RECIPIENT
+    # No SMTP server, no providers: the outbox shows what the default plan's placeholder
+    # customers would get, on every channel the plan routes a SEV1 to.
+    assert emails[0].subject.startswith("Investigating:")
+    assert sms
+    assert sms[0].to == "+15555550100"
 
     code, rest = await up.stop(signal.SIGINT)
 
@@ -238,7 +248,8 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
         settings=settings,
         endpoints=Endpoints.from_settings(settings),
         redis_note="test",
-        recipients=0,
+        plan=make_plan(),
+        plan_source="test plan",
         log_dir=logs,
         demo=False,
         resolve_after=0,
@@ -255,7 +266,8 @@ async def test_a_service_dying_during_startup_stops_everything_and_shows_its_log
 
 
 async def test_demo_sends_an_alert_then_resolves_it(tmp_path: Path) -> None:
-    hold = {"CLARION_RESOLVE_HOLD": "1"}  # "monitoring" for a second, then resolved
+    plan = write_plan(tmp_path, monitoring_hold=timedelta(seconds=1))  # then resolved
+    hold = {"CLARION_PLAN": str(plan)}
     async with running_up(tmp_path, "--demo", "--resolve-after", "1", env_extra=hold) as up:
         runtime = json.loads((up.data_dir / RUNTIME_FILE).read_text())
         redis = Redis.from_url(runtime["redis_url"])

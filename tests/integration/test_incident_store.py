@@ -16,6 +16,7 @@ from shared.contracts import Alert, IncidentOpened, IncidentResolved, IncidentSt
 from shared.incidents import load_incident, recent_incidents
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, open_incident_key
 from tests.conftest import load_fixture
+from tests.support.plans import make_plan
 from tests.support.streams import incident_events
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ async def make_store(redis: Redis, redis_url: str) -> AsyncIterator[StoreFactory
             broker = RedisBroker(redis_url)
             await broker.connect()
             stack.push_async_callback(broker.stop)
-            return IncidentStore(client, broker, clock)
+            return IncidentStore(client, broker, clock, make_plan())
 
         yield factory
 

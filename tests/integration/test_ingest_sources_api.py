@@ -41,6 +41,7 @@ from tests.support.ingest_requests import (
     standard_webhook_headers,
     whsec,
 )
+from tests.support.plans import make_plan
 from tests.support.signing_certs import SigningIdentity, signing_identity
 from tests.support.streams import incident_events
 
@@ -136,13 +137,18 @@ def clock() -> ManualClock:
 def serve(redis: Redis, make_settings: Callable[..., Settings], clock: ManualClock) -> Serve:
     """``async with serve(**settings) as client``: the app running on a flushed Valkey.
 
+    ``severity_map`` is the plan's ``source_severities``.
+
     ``client=(host, port)`` makes requests come from that address (default: loopback).
     """
 
     def start(
-        client: tuple[str, int] | None = None, **overrides: Any
+        client: tuple[str, int] | None = None,
+        severity_map: dict[str, dict[str, str]] | None = None,
+        **overrides: Any,
     ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-        app = create_app(make_settings(**overrides), clock=clock)
+        plan = make_plan(source_severities=severity_map or {})
+        app = create_app(make_settings(**overrides), clock=clock, plan=plan)
         if client is None:
             return running(app, INGEST)
         return running_from(app, INGEST, client)

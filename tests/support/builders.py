@@ -13,7 +13,8 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from services.dispatcher.plan import Delivery
+from services.dispatcher.fanout import Delivery
+from shared.plan import ChannelName
 from shared.contracts import (
     AlertState,
     AlertStatus,
@@ -138,8 +139,9 @@ def make_delivery(**overrides: Any) -> Delivery:
         "delivery_id": "0123456789abcdef",
         "event_id": "ev-1",
         "incident_id": "inc-1",
-        "channel": "email",
+        "channel": ChannelName.EMAIL,
         "recipient": "alice@example.com",
+        "audience": "customers",
         "occurred_at": T0,
     } | overrides
     key = f"{values['event_id']}:{values['channel']}:{values['recipient']}"

@@ -89,7 +89,7 @@ def test_dispatcher_listens_beyond_loopback_on_the_port_it_publishes(
 
     assert settings.dispatcher_host == "0.0.0.0"
     assert published(SERVICES["dispatcher"]) == [("127.0.0.1", settings.dispatcher_port)]
-    assert settings.status_page_url.endswith(f":{settings.dispatcher_port}/status")
+    assert settings.local_status_url == f"http://127.0.0.1:{settings.dispatcher_port}/status"
 
 
 def test_scheduler_publishes_nothing() -> None:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from shared.contracts import Severity
 from shared.settings import Settings
 
 
@@ -12,18 +12,18 @@ def test_defaults_work_with_zero_setup() -> None:
     settings = Settings(_env_file=None)
     assert settings.ingest_port == 8000
     assert settings.dispatcher_port == 8001
-    assert settings.update_interval(Severity.CRITICAL) == timedelta(minutes=30)
-    assert settings.status_page_url == "http://127.0.0.1:8001/status"
+    assert settings.plan is None  # the shipped default plan
+    assert settings.local_status_url == "http://127.0.0.1:8001/status"
 
 
 def test_environment_uses_the_clarion_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLARION_UPDATE_INTERVAL_CRITICAL", "5")
-    monkeypatch.setenv("CLARION_EMAIL_RECIPIENTS", "a@example.com, b@example.com")
-    monkeypatch.setenv("CLARION_PUBLIC_STATUS_URL", "https://status.example.com")
+    monkeypatch.setenv("CLARION_PLAN", "/etc/clarion/plan.yaml")
+    monkeypatch.setenv("CLARION_DISPATCHER_PORT", "9001")
+    monkeypatch.setenv("CLARION_GROUP_BY", "service, team")
     settings = Settings(_env_file=None)
-    assert settings.update_interval(Severity.CRITICAL) == timedelta(seconds=5)
-    assert settings.email_recipients == ("a@example.com", "b@example.com")
-    assert settings.status_page_url == "https://status.example.com"
+    assert settings.plan == Path("/etc/clarion/plan.yaml")
+    assert settings.local_status_url == "http://127.0.0.1:9001/status"
+    assert settings.group_by == ("service", "team")
 
 
 def test_missing_redis_url_explains_what_to_do() -> None:
@@ -40,17 +40,17 @@ def test_secrets_do_not_print(monkeypatch: pytest.MonkeyPatch) -> None:
     ("raw", "expected"),
     [("90", 90), ("45s", 45), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("PT15M", 900)],
 )
-def test_cadence_accepts_plain_durations(
+def test_durations_accept_plain_forms(
     monkeypatch: pytest.MonkeyPatch, raw: str, expected: int
 ) -> None:
-    monkeypatch.setenv("CLARION_UPDATE_INTERVAL_WARNING", raw)
-    interval = Settings(_env_file=None).update_interval(Severity.WARNING)
-    assert interval == timedelta(seconds=expected)
+    monkeypatch.setenv("CLARION_IDEMPOTENCY_RETENTION", raw)
+    retention = Settings(_env_file=None).idempotency_retention
+    assert retention == timedelta(seconds=expected)
 
 
-def test_nonsense_duration_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLARION_UPDATE_INTERVAL_INFO", "soon")
-    with pytest.raises(ValueError, match="update_interval_info"):
+def test_nonsense_duration_names_the_setting_and_the_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLARION_IDEMPOTENCY_RETENTION", "soon")
+    with pytest.raises(ValueError, match=r"idempotency_retention(.|\n)*write 90s, 30m, 2h or 1d"):
         Settings(_env_file=None)
 
 
