@@ -7,13 +7,14 @@ Talks to the dispatcher's ops API (``CLARION_DISPATCHER_HOST``/``PORT``), with
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.cli_support import fail
 from services.local_run import Endpoints
 from shared.settings import Settings
 
@@ -29,18 +30,13 @@ def _client(settings: Settings) -> httpx.Client:
     return httpx.Client(base_url=base, headers=headers, timeout=10.0)
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
-
-
 def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     settings = Settings()
     try:
         with _client(settings) as client:
             response = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
-        _fail(
+        fail(
             f"Cannot reach the dispatcher at {Endpoints.from_settings(settings).dispatcher}: {exc}"
         )
     if response.status_code >= 400:
@@ -48,7 +44,7 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
             detail = response.json().get("error", {}).get("message") or response.text
         except ValueError:
             detail = response.text
-        _fail(f"The dispatcher answered {response.status_code}: {detail}")
+        fail(f"The dispatcher answered {response.status_code}: {detail}")
     return response.json()
 
 

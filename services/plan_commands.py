@@ -11,21 +11,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Final, NoReturn
+from typing import Annotated, Final
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from services.cli_support import fail, plan_or_fail, settings_or_fail
 from services.dispatcher.plan_check import CheckRow, PlanReport, check_plan, preview
 from services.dispatcher.rendering.engine import RenderFailed
 from services.dispatcher.rendering.limits import MessageTooLong
 from services.dispatcher.rendering.messages import SHORT_CHANNELS, RenderedMessage
 from shared.contracts import Severity
-from shared.plan import ChannelName, EventKind, Plan, PlanError, load_plan
-from shared.settings import Settings
+from shared.plan import ChannelName, EventKind
 
 PIPE_WIDTH: Final = 160
 """Columns when the output is not a terminal (and COLUMNS does not say): wide rows stay whole."""
@@ -49,8 +48,8 @@ PlanFile = Annotated[
 @plan_app.command()
 def check(plan_file: PlanFile = None) -> None:
     """Validate the plan and check every message it can send; exit 1 on any failure."""
-    settings = _settings()
-    plan = _load(plan_file or settings.plan)
+    settings = settings_or_fail()
+    plan = plan_or_fail(plan_file or settings.plan)
     report = check_plan(plan, settings)
     console = _console()
     console.print(_table(report))
@@ -74,8 +73,8 @@ def show_preview(
 ) -> None:
     """Print the messages a sample incident would produce, channel by channel."""
     kind, level = _event_kind(event), _severity(severity)
-    settings = _settings()
-    plan = _load(plan_file or settings.plan)
+    settings = settings_or_fail()
+    plan = plan_or_fail(plan_file or settings.plan)
     if audience is not None and audience not in plan.audiences:
         known = ", ".join(plan.audiences) or "none defined"
         raise typer.BadParameter(
@@ -84,7 +83,7 @@ def show_preview(
     try:
         messages = preview(plan, settings, kind, level, audience)
     except (RenderFailed, MessageTooLong) as exc:
-        _fail(f"Cannot render a {level.sev} {kind.value} message: {exc}")
+        fail(f"Cannot render a {level.sev} {kind.value} message: {exc}")
     console = _console()
     if not messages:
         who = audience or "No audience"
@@ -174,26 +173,3 @@ def _severity(text: str) -> Severity:
         return Severity.parse(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--severity") from None
-
-
-def _load(path: Path | None) -> Plan:
-    try:
-        return load_plan(path)
-    except PlanError as exc:
-        _fail(str(exc))
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CLARION_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        _fail(f"Invalid configuration: {problems}")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)

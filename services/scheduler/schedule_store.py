@@ -129,8 +129,8 @@ class ScheduleStore(Generic[ItemT]):
             for member, raw in zip(values[::2], values[1::2], strict=True)
         ]
 
-    async def complete(self, claim: Claim[ItemT], next_item: ItemT | None) -> bool:
-        """Store ``next_item`` (None: delete) if ``claim`` still holds: same lease, untouched."""
+    async def complete(self, claim: Claim[ItemT], next_item: ItemT) -> bool:
+        """Store ``next_item`` if ``claim`` still holds: same lease, item untouched."""
         return await self._write(claim.incident_id, claim.lease_score, claim.raw, next_item)
 
     async def drop(self, claim: Claim[ItemT]) -> bool:

@@ -27,6 +27,6 @@ async def schedule_incident_event(
                 event_type=event.type,
                 sequence=after.sequence,
                 severity=after.severity.value,
-                due_at=after.due_at.isoformat(),
+                due_at=after.due_at.isoformat() if after.promised else None,
             )
         return after

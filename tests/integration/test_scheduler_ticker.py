@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 import pytest
@@ -18,7 +18,15 @@ from services.scheduler.scheduling import schedule_incident_event
 from services.scheduler.service import BrokerUpdatePublisher
 from services.scheduler.ticker import Ticker
 from shared.clock import ManualClock
-from shared.contracts import Incident, IncidentEvent, IncidentStatus, Severity, UpdateDue
+from shared.contracts import (
+    Incident,
+    IncidentEvent,
+    IncidentPostmortemPublished,
+    IncidentStatus,
+    Severity,
+    UpdateDue,
+)
+from shared.plan import Plan
 from shared.settings import Settings
 from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS, SCHEDULER_HEARTBEAT, incident_key
 from tests.support.builders import (
@@ -30,12 +38,14 @@ from tests.support.builders import (
     make_incident_updated,
     store_incident,
 )
+from tests.support.plans import CADENCE, make_plan
 from tests.support.streams import updates_due
 
 pytestmark = pytest.mark.integration
 
-CRITICAL = timedelta(seconds=2)  # make_settings: critical 2s, error 3s, warning 4s, info 5s
-WARNING = timedelta(seconds=4)
+PLAN = make_plan()  # SEV1 every 30 min, SEV2 1 h, SEV3 2 h, SEV4 4 h
+NO_SEV3_UPDATES = make_plan(cadence={**CADENCE, Severity.WARNING: None})
+CRITICAL = timedelta(minutes=30)
 
 
 @pytest.fixture
@@ -71,7 +81,12 @@ def ticker(
     settings: Settings,
     clock: ManualClock,
 ) -> Ticker:
-    return Ticker(store, BrokerUpdatePublisher(broker), redis, settings, clock)
+    return Ticker(store, BrokerUpdatePublisher(broker), redis, settings, clock, plan=PLAN)
+
+
+def promise(severity: Severity, at: datetime, plan: Plan = PLAN) -> datetime | None:
+    """The ``next_update_at`` ingest stamps on an event at ``at``."""
+    return plan.next_update_at(severity, at)
 
 
 async def open_incident(
@@ -81,13 +96,17 @@ async def open_incident(
     clock: ManualClock,
     incident_id: str = "inc-1",
     severity: Severity = Severity.CRITICAL,
+    plan: Plan = PLAN,
 ) -> Incident:
     incident = make_incident(id=incident_id, severity=severity)
     await store_incident(redis, incident)
     event = make_incident_opened(
-        incident, event_id=f"{incident_id}:opened", occurred_at=clock.now()
+        incident,
+        event_id=f"{incident_id}:opened",
+        occurred_at=clock.now(),
+        next_update_at=promise(severity, clock.now(), plan),
     )
-    await schedule_incident_event(store, event, settings.update_interval)
+    await schedule_incident_event(store, event)
     return incident
 
 
@@ -135,7 +154,7 @@ async def test_resolved_incident_gets_no_more_updates(
     resolved = incident.model_copy(update={"status": IncidentStatus.RESOLVED})
     await store_incident(redis, resolved)
     event = make_incident_resolved(resolved, event_id="e-res", occurred_at=clock.now())
-    await schedule_incident_event(store, event, settings.update_interval)
+    await schedule_incident_event(store, event)
 
     clock.advance(timedelta(minutes=10))
     assert await ticker.run_once() == 0
@@ -156,11 +175,15 @@ async def test_severity_change_moves_the_due_time(
     critical = incident.model_copy(update={"severity": Severity.CRITICAL})
     await store_incident(redis, critical)
     changed = make_incident_severity_changed(
-        critical, previous_severity=Severity.WARNING, event_id="e-sev", occurred_at=clock.now()
+        critical,
+        previous_severity=Severity.WARNING,
+        event_id="e-sev",
+        occurred_at=clock.now(),
+        next_update_at=promise(Severity.CRITICAL, clock.now()),
     )
-    await schedule_incident_event(store, changed, settings.update_interval)
+    await schedule_incident_event(store, changed)
 
-    clock.advance(CRITICAL - timedelta(milliseconds=1))  # T0+2.999s, before warning's 4s too
+    clock.advance(CRITICAL - timedelta(milliseconds=1))  # T0+30:00.999, before warning's 2 h
     assert await ticker.run_once() == 0
     clock.advance(timedelta(milliseconds=1))
     assert await ticker.run_once() == 1
@@ -184,10 +207,20 @@ async def test_update_and_stale_update_after_a_fire(
     assert await ticker.run_once() == 1
 
     clock.advance(timedelta(seconds=1))
-    fresh = make_incident_updated(incident, event_id="e-fresh", occurred_at=clock.now())
-    await schedule_incident_event(store, fresh, settings.update_interval)
-    stale = make_incident_updated(incident, event_id="e-stale", occurred_at=stale_at)
-    await schedule_incident_event(store, stale, settings.update_interval)
+    fresh = make_incident_updated(
+        incident,
+        event_id="e-fresh",
+        occurred_at=clock.now(),
+        next_update_at=promise(Severity.CRITICAL, clock.now()),
+    )
+    await schedule_incident_event(store, fresh)
+    stale = make_incident_updated(
+        incident,
+        event_id="e-stale",
+        occurred_at=stale_at,
+        next_update_at=promise(Severity.CRITICAL, stale_at),
+    )
+    await schedule_incident_event(store, stale)
 
     pending = await store.get("inc-1")
     assert pending is not None
@@ -216,6 +249,7 @@ async def test_two_tickers_never_double_fire(
                 client,
                 settings,
                 clock,
+                plan=PLAN,
                 batch_size=7,
             )
             for client in (redis, other_redis)
@@ -300,12 +334,15 @@ async def test_event_handled_while_firing_keeps_the_sequence_moving(
         async def publish(self, due: UpdateDue) -> None:
             clock.advance(timedelta(milliseconds=300))
             event: IncidentEvent = make_incident_updated(
-                incident, event_id="e-upd", occurred_at=clock.now()
+                incident,
+                event_id="e-upd",
+                occurred_at=clock.now(),
+                next_update_at=promise(Severity.CRITICAL, clock.now()),
             )
-            await schedule_incident_event(store, event, settings.update_interval)
+            await schedule_incident_event(store, event)
             await self.real.publish(due)
 
-    ticker = Ticker(store, UpdateArrivesDuringPublish(), redis, settings, clock)
+    ticker = Ticker(store, UpdateArrivesDuringPublish(), redis, settings, clock, plan=PLAN)
     clock.advance(CRITICAL)
     assert await ticker.run_once() == 1
     updated_at = clock.now()
@@ -324,3 +361,159 @@ async def test_tick_bumps_the_heartbeat(ticker: Ticker, redis: Redis, clock: Man
     heartbeat = cast("dict[bytes, bytes]", await redis.hgetall(SCHEDULER_HEARTBEAT))
     assert heartbeat[b"ticks"] == b"2"
     assert heartbeat[b"at"].decode() == clock.now().isoformat()
+
+
+async def test_incident_of_a_severity_without_cadence_gets_no_updates(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    broker: RedisBroker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    ticker = Ticker(
+        store, BrokerUpdatePublisher(broker), redis, settings, clock, plan=NO_SEV3_UPDATES
+    )
+    await open_incident(
+        redis, store, settings, clock, severity=Severity.WARNING, plan=NO_SEV3_UPDATES
+    )
+
+    clock.advance(timedelta(days=1))
+    assert await ticker.run_once() == 0
+
+    assert await updates_due(redis) == []
+    dormant = await store.get("inc-1")
+    assert dormant is not None
+    assert not dormant.promised
+
+
+async def test_severity_change_to_no_cadence_cancels_and_back_to_sev1_rearms(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    broker: RedisBroker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    ticker = Ticker(
+        store, BrokerUpdatePublisher(broker), redis, settings, clock, plan=NO_SEV3_UPDATES
+    )
+    incident = await open_incident(redis, store, settings, clock, plan=NO_SEV3_UPDATES)
+
+    clock.advance(timedelta(minutes=10))
+    sev3 = incident.model_copy(update={"severity": Severity.WARNING})
+    await store_incident(redis, sev3)
+    down = make_incident_severity_changed(
+        sev3,
+        previous_severity=Severity.CRITICAL,
+        event_id="e-down",
+        occurred_at=clock.now(),
+        next_update_at=promise(Severity.WARNING, clock.now(), NO_SEV3_UPDATES),
+    )
+    assert down.next_update_at is None
+    dormant = await schedule_incident_event(store, down)
+    assert dormant is not None
+    assert not dormant.promised
+
+    clock.advance(CRITICAL)  # when SEV1's first update would have been due
+    assert await ticker.run_once() == 0
+
+    await store_incident(redis, incident)  # SEV1 again
+    back_at = clock.now()
+    back = make_incident_severity_changed(
+        incident,
+        previous_severity=Severity.WARNING,
+        event_id="e-up",
+        occurred_at=back_at,
+        next_update_at=back_at + timedelta(minutes=5),  # whatever ingest promised
+    )
+    armed = await schedule_incident_event(store, back)
+    assert armed is not None
+    assert armed.due_at == back_at + timedelta(minutes=5)
+    assert await store.due_score("inc-1") == ceil_ms(armed.due_at)
+
+    clock.advance(timedelta(minutes=5) - timedelta(milliseconds=1))
+    assert await ticker.run_once() == 0
+    clock.advance(timedelta(milliseconds=1))
+    assert await ticker.run_once() == 1
+
+    (update,) = await updates_due(redis)
+    assert update.due_at == back_at + timedelta(minutes=5)
+    assert update.next_update_at == clock.now() + CRITICAL
+
+
+async def test_update_due_as_the_severity_lost_its_cadence_goes_out_once_then_no_more(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    broker: RedisBroker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    ticker = Ticker(
+        store, BrokerUpdatePublisher(broker), redis, settings, clock, plan=NO_SEV3_UPDATES
+    )
+    incident = await open_incident(redis, store, settings, clock, plan=NO_SEV3_UPDATES)
+    # The incident is SEV3 now; its event has not reached the scheduler yet.
+    await store_incident(redis, incident.model_copy(update={"severity": Severity.WARNING}))
+
+    clock.advance(CRITICAL)
+    assert await ticker.run_once() == 1
+    clock.advance(timedelta(days=1))
+    assert await ticker.run_once() == 0
+
+    (update,) = await updates_due(redis)
+    assert (update.sequence, update.due_at) == (1, T0 + CRITICAL)
+    assert update.next_update_at is None  # customers are not promised another
+    dormant = await store.get("inc-1")
+    assert dormant is not None
+    assert (dormant.promised, dormant.sequence) == (False, 2)
+
+
+async def test_postmortem_event_leaves_no_pending_update(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    ticker: Ticker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    incident = await open_incident(redis, store, settings, clock)
+    clock.advance(timedelta(hours=2))
+    published = incident.model_copy(
+        update={
+            "status": IncidentStatus.RESOLVED,
+            "resolved_at": clock.now(),
+            "postmortem_url": "https://example.com/postmortem",
+        }
+    )
+    event = IncidentPostmortemPublished(
+        event_id="e-pm", occurred_at=clock.now(), incident=published
+    )
+
+    assert await schedule_incident_event(store, event) is None
+    assert await store.get("inc-1") is None
+    assert await redis.zcard(SCHEDULE_DUE) == 0
+
+
+async def test_tick_runs_the_other_firers_and_counts_what_they_fired(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    broker: RedisBroker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    class Fires:
+        def __init__(self, count: int) -> None:
+            self.count = count
+            self.runs = 0
+
+        async def run_once(self) -> int:
+            self.runs += 1
+            return self.count
+
+    others = [Fires(2), Fires(3)]
+    ticker = Ticker(
+        store, BrokerUpdatePublisher(broker), redis, settings, clock, plan=PLAN, also=others
+    )
+    await open_incident(redis, store, settings, clock)
+    clock.advance(CRITICAL)
+
+    assert await ticker.tick() == 1 + 2 + 3
+    assert [o.runs for o in others] == [1, 1]
