@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Literal
 
 import httpx
 import uvicorn
@@ -23,15 +24,18 @@ async def running(app: FastAPI, base_url: str) -> AsyncIterator[httpx.AsyncClien
 
 
 @contextmanager
-def serving_in_thread(app: ASGIApp) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (uvicorn, in a thread) until the block ends; yields its URL."""
+def serving_in_thread(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (uvicorn, in a thread) until the block ends; yields its URL.
+
+    ``lifespan="on"`` runs the app's lifespan first, as a service in production does.
+    """
     # Listening before uvicorn starts: connections wait in the backlog, no start-up race.
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     config = uvicorn.Config(
         app,
-        lifespan="off",
+        lifespan=lifespan,
         log_config=None,
         access_log=False,
         ws="none",
