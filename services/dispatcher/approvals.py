@@ -80,15 +80,16 @@ class ApprovalStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def hold(self, pending: PendingApproval) -> PendingApproval:
-        """Keep ``pending`` unless the event is already held; returns what is held."""
+    async def hold(self, pending: PendingApproval) -> tuple[PendingApproval, bool]:
+        """Keep ``pending`` unless the event is already held; returns what is held, and
+        whether it was held just now."""
         created = await self._redis.hsetnx(
             PENDING_APPROVALS, pending.event_id, pending.model_dump_json()
         )
         if created:
-            return pending
+            return pending, True
         held = await self.get(pending.event_id)
-        return held or pending
+        return held or pending, False
 
     async def get(self, event_id: str) -> PendingApproval | None:
         raw = await self._redis.hget(PENDING_APPROVALS, event_id)

@@ -137,7 +137,14 @@ class Dispatcher:
         self, event: DispatchEvent, incident: Incident, attempt: int, *, approved: bool = False
     ) -> None:
         deliveries = plan_deliveries(event, incident, self._plan)
-        held = [d for d in deliveries if d.needs_approval and not approved and not d.suppressed]
+        held = [
+            d
+            for d in deliveries
+            if d.needs_approval
+            and not approved
+            and not d.suppressed
+            and not await self._idempotency.is_done(d.delivery_id)  # approved and sent before
+        ]
         if held:
             await self._hold(event, incident, held, attempt)
         sending = [d for d in deliveries if d not in held]
@@ -185,9 +192,13 @@ class Dispatcher:
     ) -> None:
         """Keep the public deliveries of ``event`` for approval, and ask for the timer."""
         first = held[0]
-        preview = self._renderer.render(event, incident, first.audience, first.channel)
+        try:
+            preview = self._renderer.render(event, incident, first.audience, first.channel)
+            title, text = preview.title, preview.text
+        except (RenderFailed, MessageTooLong) as exc:  # the held sends will fail, recorded
+            title, text = f"({first.channel} message cannot be rendered)", str(exc)
         now = self._clock.now()
-        pending = await self._held.hold(
+        pending, created = await self._held.hold(
             PendingApproval(
                 event_id=event.event_id,
                 incident_id=event.incident_id,
@@ -196,11 +207,11 @@ class Dispatcher:
                 requested_at=now,
                 auto_publish_at=now + self._plan.approval.auto_publish_after,
                 held=len(held),
-                preview_title=preview.title,
-                preview_text=preview.text,
+                preview_title=title,
+                preview_text=text,
             )
         )
-        if pending.requested_at == now:  # held just now: say so in the delivery log once
+        if created:  # held just now: say so in the delivery log once
             for delivery in held:
                 await self._record(
                     delivery,

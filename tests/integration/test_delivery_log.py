@@ -23,19 +23,21 @@ def record(
     recipient: str = "alice@example.com",
     status: DeliveryStatus = DeliveryStatus.SENT,
     error: str | None = None,
+    **extra: object,
 ) -> DeliveryRecorded:
-    return DeliveryRecorded(
-        delivery_id=f"d-{n}",
-        incident_id=incident_id,
-        event_id=f"ev-{n}",
-        channel="email",
-        recipient=recipient,
-        status=status,
-        attempt=1,
-        error=error,
-        started_at=T0 + timedelta(seconds=n),
-        recorded_at=T0 + timedelta(seconds=n, milliseconds=20),
-    )
+    values: dict[str, object] = {
+        "delivery_id": f"d-{n}",
+        "incident_id": incident_id,
+        "event_id": f"ev-{n}",
+        "channel": "email",
+        "recipient": recipient,
+        "status": status,
+        "attempt": 1,
+        "error": error,
+        "started_at": T0 + timedelta(seconds=n),
+        "recorded_at": T0 + timedelta(seconds=n, milliseconds=20),
+    }
+    return DeliveryRecorded.model_validate(values | extra)
 
 
 async def test_recent_lists_newest_first(redis: Redis) -> None:
@@ -88,3 +90,19 @@ async def test_filter_by_incident_reaches_past_other_incidents(redis: Redis) -> 
 
 async def test_empty_log_is_empty(redis: Redis) -> None:
     assert await DeliveryLog(redis).recent(limit=10) == []
+
+
+async def test_audience_and_shortening_are_kept_and_phone_numbers_masked(redis: Redis) -> None:
+    log = DeliveryLog(redis)
+    await log.record(
+        record(1, recipient="+14155550100", channel="sms", audience="customers", shortened=True)
+    )
+    await log.record(record(2, channel="email", audience="engineering"))
+
+    email, sms = await log.recent(limit=10)
+
+    assert (sms.channel, sms.audience, sms.shortened) == ("sms", "customers", True)
+    assert sms.recipient == "+*******0100"
+    assert (email.audience, email.shortened) == ("engineering", False)
+    raw = data_entries(await redis.xrange(DELIVERY_LOG))
+    assert all("4155550100" not in str(payload) for _, payload in raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,10 +15,12 @@ from redis.asyncio import Redis
 from services.dispatcher.app import create_app
 from shared.clock import ManualClock
 from shared.contracts import IncidentOpened, Severity
+from shared.plan import PlanError
 from shared.settings import Settings
 from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS
 from tests.support.asgi import running
 from tests.support.builders import make_incident, make_incident_opened, store_incident
+from tests.support.plans import make_plan
 from tests.support.smtp import SmtpServer
 from tests.support.streams import wait_for_entries
 
@@ -29,6 +32,13 @@ ALICE = "alice@example.com"
 
 
 INCIDENT = make_incident(id="inc-42", severity=Severity.ERROR, opened_at=NOW - timedelta(minutes=5))
+CUSTOMER_TITLE = "A partial outage"  # the plan's words for SEV2: customers never read alert titles
+PLAN = make_plan(
+    emails=(ALICE,),
+    organization="Example Shop",
+    timezones=["UTC", "Europe/Berlin"],
+    status_page_url="https://status.example.com",
+)
 
 
 @pytest.fixture
@@ -36,15 +46,14 @@ def settings(make_settings: Callable[..., Settings], smtp_server: SmtpServer) ->
     return make_settings(
         smtp_host=smtp_server.host,
         smtp_port=smtp_server.port,
-        email_recipients=(ALICE,),
         ops_token=TOKEN,
-        organization_name="Example Shop",
     )
 
 
 @pytest.fixture
 async def client(redis: Redis, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_app(settings, ManualClock(NOW)), "http://dispatcher") as http:
+    app = create_app(settings, ManualClock(NOW), plan=PLAN)
+    async with running(app, "http://dispatcher") as http:
         yield http
 
 
@@ -53,7 +62,12 @@ def auth() -> dict[str, str]:
 
 
 async def publish_opened(redis_url: str) -> IncidentOpened:
-    event = make_incident_opened(INCIDENT, event_id="ev-published", occurred_at=NOW)
+    event = make_incident_opened(
+        INCIDENT,
+        event_id="ev-published",
+        occurred_at=NOW,
+        next_update_at=NOW + timedelta(hours=1),
+    )
     async with RedisBroker(redis_url) as broker:
         await broker.publish(event, stream=INCIDENT_EVENTS)
     return event
@@ -67,29 +81,37 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
     [message] = await asyncio.to_thread(
         smtp_server.mailbox.wait_for, lambda messages: len(messages) >= 1
     )
-    assert message["Subject"] == "Investigating: Checkout is failing"
+    assert message["Subject"] == f"Investigating: {CUSTOMER_TITLE}"
     assert message["Message-ID"]
     await wait_for_entries(redis, DELIVERY_LOG, 2, within=20.0)  # email, status page post
 
     page = await client.get("/status")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert "Checkout is failing" in page.text
+    assert "Example Shop status" in page.text  # the plan's organization
+    assert CUSTOMER_TITLE in page.text
+    assert "Checkout is failing" not in page.text
     assert "Customers cannot place orders." in page.text
     assert "investigating" in page.text
-    assert "14:30 UTC, Mon 23 Nov 2026" in page.text
+    assert "14:30 UTC, Mon 23 Nov 2026 (15:30 CET)" in page.text  # the plan's zones
+    # The update's Markdown body, as HTML.
+    assert "<strong>Next update by 15:30 UTC, Mon 23 Nov 2026 (16:30 CET)" in page.text
+    assert "<em>Posted 14:30 UTC" in page.text
+    assert "**" not in page.text
     assert "All systems operational" not in page.text
 
     document = (await client.get("/status.json")).json()
     assert document["status"] == "incident"
+    assert document["organization"] == "Example Shop"
     assert [i["id"] for i in document["open"]] == ["inc-42"]
+    assert document["open"][0]["title"] == CUSTOMER_TITLE
 
     deliveries = await client.get("/v1/deliveries", headers=auth())
     assert deliveries.status_code == 200
     records = deliveries.json()
-    assert {(r["channel"], r["recipient"], r["status"]) for r in records} == {
-        ("email", "a***@example.com", "sent"),
-        ("status_page", "status-page", "sent"),
+    assert {(r["channel"], r["recipient"], r["status"], r["audience"]) for r in records} == {
+        ("email", "a***@example.com", "sent", "customers"),
+        ("status_page", "status-page", "sent", "customers"),
     }
     assert ALICE not in deliveries.text
     assert records[0]["recorded_at"] >= records[1]["recorded_at"]
@@ -115,7 +137,7 @@ async def test_temporary_smtp_failure_is_reclaimed_and_retried(
     )
     await wait_for_entries(redis, DELIVERY_LOG, 3, within=20.0)
 
-    assert message["Subject"] == "Investigating: Checkout is failing"
+    assert message["Subject"] == f"Investigating: {CUSTOMER_TITLE}"
     response = await client.get("/v1/deliveries", params={"incident_id": "inc-42"}, headers=auth())
     emails = [(r["status"], r["attempt"]) for r in response.json() if r["channel"] == "email"]
     assert emails == [("sent", 2), ("retrying", 1)]
@@ -135,11 +157,13 @@ async def test_nothing_open_shows_all_systems_operational(client: httpx.AsyncCli
 async def test_ops_endpoints_need_the_token(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
-    for path in ("/v1/deliveries", "/v1/incidents"):
+    for path in ("/v1/deliveries", "/v1/incidents", "/v1/approvals"):
         response = await client.get(path, headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
         assert response.headers["www-authenticate"] == "Bearer"
+    approve = await client.post("/v1/approvals/ev-1/approve", headers=headers)
+    assert approve.status_code == 401
     assert (await client.get("/status")).status_code == 200
 
 
@@ -174,11 +198,14 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_without_ops_token_ops_endpoints_are_open(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
-    app = create_app(make_settings(ops_token=None), ManualClock(NOW))
+    app = create_app(make_settings(ops_token=None), ManualClock(NOW))  # the default plan
     async with running(app, "http://dispatcher") as http:
         response = await http.get("/v1/deliveries")
+        approvals = await http.get("/v1/approvals")
     assert response.status_code == 200
     assert response.json() == []
+    assert approvals.status_code == 200
+    assert approvals.json() == []
 
 
 async def test_a_vanished_consumer_group_makes_the_dispatcher_ask_for_a_restart(
@@ -191,7 +218,7 @@ async def test_a_vanished_consumer_group_makes_the_dispatcher_ask_for_a_restart(
         reasons.append(reason)
         fatal.set()
 
-    app = create_app(settings, ManualClock(NOW), on_fatal=on_fatal)
+    app = create_app(settings, ManualClock(NOW), on_fatal=on_fatal, plan=PLAN)
     async with running(app, "http://dispatcher") as http:
         assert (await http.get("/readyz")).status_code == 200
         await redis.flushdb()  # as after a Redis restart without persistence
@@ -201,3 +228,13 @@ async def test_a_vanished_consumer_group_makes_the_dispatcher_ask_for_a_restart(
         not_ready = await http.get("/readyz")
         assert not_ready.status_code == 503
         assert "not consuming" in not_ready.json()["error"]["message"]
+
+
+def test_an_invalid_plan_fails_at_once(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\nroutes:\n  - audiences: [nobody]\n", encoding="utf-8")
+
+    with pytest.raises(PlanError, match="unknown audience 'nobody'"):
+        create_app(make_settings(plan=plan), ManualClock(NOW))

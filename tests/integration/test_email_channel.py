@@ -9,10 +9,12 @@ import pytest
 from redis.asyncio import Redis
 
 from services.dispatcher.channels.email import EmailChannel
+from services.dispatcher.channels.outbox import OutboxChannel
 from services.dispatcher.channels.outcome import Permanent, Retryable, Sent
 from services.dispatcher.outbox import read_outbox
-from services.dispatcher.render import RenderedMessage
+from services.dispatcher.rendering.messages import RenderedMessage
 from shared.clock import ManualClock
+from shared.plan import ChannelName
 from shared.settings import Settings
 from tests.support.builders import make_delivery
 from tests.support.smtp import SmtpServer, free_port
@@ -21,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 MESSAGE = RenderedMessage(
-    subject="Investigating: Checkout is failing",
+    ChannelName.EMAIL,
+    title="Investigating: Checkout is failing",
     text="We are investigating.",
     html="<p>We are investigating.</p>",
 )
@@ -69,7 +72,9 @@ async def test_without_smtp_email_lands_in_the_outbox(
     first = await channel.send(
         MESSAGE, "alice@example.com", make_delivery(recipient="alice@example.com")
     )
-    later = RenderedMessage(subject="Resolved: Checkout is failing", text="Fixed.", html=None)
+    later = RenderedMessage(
+        ChannelName.EMAIL, title="Resolved: Checkout is failing", text="Fixed.", html=None
+    )
     await channel.send(later, "bob@example.com", make_delivery(recipient="bob@example.com"))
 
     assert isinstance(first, Sent)
@@ -81,6 +86,8 @@ async def test_without_smtp_email_lands_in_the_outbox(
     assert oldest.message_id == first.provider_id
     assert oldest.incident_id == "inc-1"
     assert oldest.queued_at == NOW
+    assert oldest.channel == "email"
+    assert "CLARION_SMTP_HOST" in oldest.reason
     assert [e.to for e in await read_outbox(redis, limit=1)] == ["bob@example.com"]
 
 
@@ -118,3 +125,44 @@ async def test_unreachable_smtp_server_is_retryable(
     outcome = await channel_for(settings, redis).send(MESSAGE, "alice@example.com", make_delivery())
 
     assert isinstance(outcome, Retryable)
+
+
+async def test_a_channel_without_a_driver_keeps_its_message_in_the_outbox(redis: Redis) -> None:
+    channel = OutboxChannel(redis, ManualClock(NOW), "no sms driver configured")
+    sms = RenderedMessage(ChannelName.SMS, title="Investigating", text="Checkout is failing.")
+    slack = RenderedMessage(
+        ChannelName.SLACK, title="Investigating", text="Checkout.", payload={"blocks": []}
+    )
+
+    outcome = await channel.send(
+        sms, "+14155550100", make_delivery(channel=ChannelName.SMS, recipient="+14155550100")
+    )
+    await channel.send(slack, "#incidents", make_delivery(channel=ChannelName.SLACK))
+
+    assert isinstance(outcome, Sent)
+    assert outcome.provider_id is not None
+    assert outcome.provider_id.startswith("outbox:")
+    [queued] = await read_outbox(redis, channel="sms")
+    assert queued.to == "+14155550100"
+    assert queued.text == "Checkout is failing."
+    assert queued.subject == "Investigating"
+    assert queued.reason == "no sms driver configured"
+    assert queued.payload is None
+    [posted] = await read_outbox(redis, channel="slack")
+    assert posted.payload == {"blocks": []}
+    assert [m.channel for m in await read_outbox(redis)] == ["slack", "sms"]
+    assert await read_outbox(redis, channel="email") == []
+
+
+async def test_the_outbox_filter_reaches_past_other_channels(redis: Redis) -> None:
+    channel = OutboxChannel(redis, ManualClock(NOW), "no driver")
+    message = RenderedMessage(ChannelName.SMS, title="t", text="old sms")
+    await channel.send(message, "+14155550100", make_delivery(channel=ChannelName.SMS))
+    for n in range(100):
+        chat = RenderedMessage(ChannelName.DISCORD, title="t", text=f"chat {n}")
+        await channel.send(chat, "ops", make_delivery(channel=ChannelName.DISCORD))
+
+    [sms] = await read_outbox(redis, limit=5, channel="sms")
+
+    assert sms.text == "old sms"
+    assert len(await read_outbox(redis, limit=5, channel="discord")) == 5

@@ -14,7 +14,6 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from services.dispatcher.fanout import Delivery
-from shared.plan import ChannelName
 from shared.contracts import (
     AlertState,
     AlertStatus,
@@ -27,6 +26,7 @@ from shared.contracts import (
     Severity,
     UpdateDue,
 )
+from shared.plan import ChannelName
 from shared.streams import INCIDENTS_BY_TIME, incident_key
 
 T0: Final = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)

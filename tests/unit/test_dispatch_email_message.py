@@ -9,8 +9,9 @@ import pytest
 
 from services.dispatcher.channels.email import build_email, classify_smtp_error, message_id_for
 from services.dispatcher.channels.outcome import Permanent, Retryable
-from services.dispatcher.render import RenderedMessage
+from services.dispatcher.rendering.messages import RenderedMessage
 from shared.clock import ManualClock
+from shared.plan import ChannelName
 from shared.settings import Settings
 from tests.support.builders import make_delivery
 
@@ -18,7 +19,9 @@ NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 SETTINGS = Settings(_env_file=None, email_from="Example Status <status@example.com>")
 
 
-MESSAGE = RenderedMessage(subject="Investigating: Checkout", text="plain body", html="<p>html</p>")
+MESSAGE = RenderedMessage(
+    ChannelName.EMAIL, title="Investigating: Checkout", text="plain body", html="<p>html</p>"
+)
 
 
 def test_email_is_multipart_text_and_html_with_headers() -> None:
@@ -34,10 +37,15 @@ def test_email_is_multipart_text_and_html_with_headers() -> None:
     assert email["Subject"] == "Investigating: Checkout"
     assert email["Date"] == "Mon, 23 Nov 2026 14:30:00 +0000"
     assert email["Message-ID"] == "<abc123@example.com>"
+    assert email["Auto-Submitted"] == "auto-generated"
+    assert email["X-Clarion-Incident"] == "inc-1"
+    text, html = email.iter_parts()
+    assert text.get_content().strip() == "plain body"
+    assert html.get_content().strip() == "<p>html</p>"
 
 
 def test_text_only_message_is_not_multipart() -> None:
-    text_only = RenderedMessage(subject="s", text="plain")
+    text_only = RenderedMessage(ChannelName.EMAIL, title="s", text="plain")
     email = build_email(text_only, "a@example.com", make_delivery(), SETTINGS, ManualClock(NOW))
     assert email.get_content_type() == "text/plain"
 

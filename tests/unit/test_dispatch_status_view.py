@@ -69,14 +69,57 @@ def test_nothing_open_is_all_operational() -> None:
     assert [i["id"] for i in document["recently_resolved"]] == ["r"]
 
 
-def test_template_values_format_times_in_the_display_zone() -> None:
+def test_template_values_format_times_in_the_plans_zones() -> None:
     page = build_status_page([page_incident("o", timedelta(minutes=30))], "Example", NOW)
 
-    values = template_values(page, ZoneInfo("UTC"))
+    values = template_values(page, (ZoneInfo("UTC"),))
 
+    assert values["organization"] == "Example"
     assert values["generated"] == "14:30 UTC, Mon 23 Nov 2026"
     assert values["open"][0]["opened"] == "14:00 UTC, Mon 23 Nov 2026"
     assert values["open"][0]["updates"][0]["posted"] == "14:00 UTC, Mon 23 Nov 2026"
+    assert values["open"][0]["updates"][0]["posted_iso"] == "2026-11-23T14:00:00+00:00"
+
+    both = template_values(page, (ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")))
+
+    assert both["generated"] == "15:30 CET, Mon 23 Nov 2026 (09:30 EST)"
+    assert both["open"][0]["opened"] == "15:00 CET, Mon 23 Nov 2026 (09:00 EST)"
+
+
+def test_update_bodies_are_rendered_from_markdown_without_raw_html() -> None:
+    incident = page_incident("o", timedelta(minutes=30))
+    body = (
+        "We are **still** on it. <script>alert(1)</script>\n\n"
+        "[Details](https://status.example.com/incidents/o)"
+    )
+    update = incident.updates[0].model_copy(update={"body": body})
+    page = build_status_page([incident.model_copy(update={"updates": (update,)})], "Example", NOW)
+
+    html = str(template_values(page, (ZoneInfo("UTC"),))["open"][0]["updates"][0]["body"])
+
+    assert "<strong>still</strong>" in html
+    assert '<a href="https://status.example.com/incidents/o">Details</a>' in html
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_a_resolved_incident_shows_when_it_was_resolved() -> None:
+    resolved = page_incident("r", timedelta(hours=2), timedelta(hours=1))
+    page = build_status_page([resolved], "Example", NOW)
+
+    [shown] = template_values(page, (ZoneInfo("UTC"),))["resolved"]
+
+    assert shown["state"] == "resolved"
+    assert shown["resolved"] == "13:30 UTC, Mon 23 Nov 2026"
+
+
+def test_incidents_resolved_over_a_week_ago_are_not_shown() -> None:
+    page = build_status_page(
+        [page_incident("old", timedelta(days=9), timedelta(days=8))], "Example", NOW
+    )
+
+    assert page.resolved == ()
+    assert page.all_operational
 
 
 def _incident(status: IncidentStatus, alert_status: AlertStatus) -> Incident:

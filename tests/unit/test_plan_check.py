@@ -54,7 +54,6 @@ NO_APOLOGY = (
 )
 
 
-
 def small_plan(
     tmp_path: Path,
     templates: dict[str, str] | None = None,

@@ -122,9 +122,8 @@ class Renderer:
     ) -> RenderedMessage:
         """Slack, Discord, a chat webhook or a signed webhook: a JSON body with the words."""
         if channel is ChannelName.SLACK:
-            return _slack(
-                title, self.engine.render(lookup.find("message", ".md.j2"), values), values
-            )
+            safe = slack_escaped(values)  # incident words never become mentions or links
+            return _slack(title, self.engine.render(lookup.find("message", ".md.j2"), safe), safe)
         if channel is ChannelName.DISCORD:
             text = self.engine.render(lookup.find("message", ".md.j2"), values)
             return _discord(title, text, values, event)
@@ -199,11 +198,22 @@ def _tidy(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", text.strip())
 
 
+def slack_escaped(value: Any) -> Any:
+    """``value`` with ``&``, ``<`` and ``>`` escaped in every string, as Slack's mrkdwn wants."""
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if isinstance(value, Mapping):
+        return {k: slack_escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [slack_escaped(v) for v in value]
+    return value
+
+
 def _slack(title: str, text: str, values: Mapping[str, Any]) -> RenderedMessage:
     header, cut_header = _clip(title, SLACK_HEADER_MAX)
     section, cut_section = _clip(_tidy(text), SLACK_SECTION_MAX)
     payload = {
-        "text": f"{title}: {section}"[:SLACK_SECTION_MAX],
+        "text": f"{slack_escaped(title)}: {section}"[:SLACK_SECTION_MAX],
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": header}},
             {"type": "section", "text": {"type": "mrkdwn", "text": section}},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -25,13 +25,14 @@ def format_timestamp(moment: datetime, zones: Sequence[ZoneInfo]) -> str:
         f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month - 1]} {local.year}"
     )
     if others:
-        text += " (" + ", ".join(_clock_time(moment, zone) for zone in others) + ")"
+        text += " (" + ", ".join(_clock_time(moment, zone, local) for zone in others) + ")"
     return text
 
 
-def _clock_time(moment: datetime, zone: ZoneInfo) -> str:
+def _clock_time(moment: datetime, zone: ZoneInfo, first: datetime) -> str:
+    """The time in ``zone``, with its day when that differs from the first zone's date."""
     local = moment.astimezone(zone)
-    day = "" if local.date() == moment.astimezone(UTC).date() else f" {_DAYS[local.weekday()]}"
+    day = "" if local.date() == first.date() else f" {_DAYS[local.weekday()]}"
     return f"{local:%H:%M} {local.tzname()}{day}"
 
 
