@@ -207,14 +207,16 @@ class IncidentPostmortemPublished(_IncidentEventBase):
     type: Literal["incident.postmortem_published"] = "incident.postmortem_published"
 
 
-IncidentEvent = Annotated[
+IncidentChange = (
     IncidentOpened
     | IncidentUpdated
     | IncidentSeverityChanged
     | IncidentResolved
-    | IncidentPostmortemPublished,
-    Field(discriminator="type"),
-]
+    | IncidentPostmortemPublished
+)
+"""Any event about an incident (the union, for type hints)."""
+
+IncidentEvent = Annotated[IncidentChange, Field(discriminator="type")]
 INCIDENT_EVENT: TypeAdapter[IncidentEvent] = TypeAdapter(IncidentEvent)
 
 

@@ -20,26 +20,12 @@ from services.dispatcher.rendering.values import DispatchEvent
 from shared.contracts import (
     ApprovalGranted,
     ApprovalRequested,
-    IncidentOpened,
-    IncidentPostmortemPublished,
-    IncidentResolved,
-    IncidentSeverityChanged,
-    IncidentUpdated,
-    UpdateDue,
 )
 from shared.redis_values import as_text
 from shared.streams import PENDING_APPROVALS
 
 DISPATCH_EVENT: TypeAdapter[DispatchEvent] = TypeAdapter(
-    Annotated[
-        IncidentOpened
-        | IncidentUpdated
-        | IncidentSeverityChanged
-        | IncidentResolved
-        | IncidentPostmortemPublished
-        | UpdateDue,
-        Field(discriminator="type"),
-    ]
+    Annotated[DispatchEvent, Field(discriminator="type")]
 )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from shared.contracts import (
     Incident,
+    IncidentChange,
     IncidentOpened,
-    IncidentPostmortemPublished,
     IncidentResolved,
     IncidentSeverityChanged,
     IncidentUpdated,
@@ -27,13 +27,7 @@ from shared.contracts import (
 )
 from shared.plan import Plan
 
-IncidentChangeEvent = (
-    IncidentOpened
-    | IncidentUpdated
-    | IncidentSeverityChanged
-    | IncidentResolved
-    | IncidentPostmortemPublished
-)
+IncidentChangeEvent = IncidentChange
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from services.dispatcher.rendering.timefmt import format_duration, format_timestamp
 from shared.contracts import (
     Incident,
+    IncidentChange,
     IncidentOpened,
     IncidentPostmortemPublished,
     IncidentResolved,
@@ -25,14 +26,8 @@ from shared.contracts import (
 from shared.plan import EventKind, Plan
 from shared.settings import Settings
 
-DispatchEvent = (
-    IncidentOpened
-    | IncidentUpdated
-    | IncidentSeverityChanged
-    | IncidentResolved
-    | IncidentPostmortemPublished
-    | UpdateDue
-)
+DispatchEvent = IncidentChange | UpdateDue
+"""What the dispatcher sends messages about."""
 
 MAX_ALERTS_SHOWN: Final = 10
 
