@@ -22,12 +22,11 @@ from services.dispatcher.rendering.content_check import Expectations, Finding, c
 from services.dispatcher.rendering.engine import RenderFailed
 from services.dispatcher.rendering.limits import MessageTooLong, limit_for
 from services.dispatcher.rendering.messages import RenderedMessage, Renderer
-from services.dispatcher.rendering.timefmt import format_timestamp
 from services.dispatcher.rendering.values import (
     DispatchEvent,
     RenderContext,
-    event_time,
     kind_of,
+    template_values,
 )
 from shared.contracts import (
     AlertState,
@@ -346,16 +345,14 @@ def _moot(finding: Finding, channel: ChannelName) -> bool:
 
 
 def expectations_for(context: RenderContext, example: Sample) -> Expectations:
-    """What a public message about ``example`` must say, from the values the renderer used."""
-    event, zones = example.event, context.zones
-    kind = _kind(example)
-    next_update = None if kind in _CLOSING else event.next_update_at
+    """What a public message about ``example`` must say: the very values the renderer used."""
+    values = template_values(example.event, example.incident, context, "", public=True)
     return Expectations(
-        event=kind.value,
-        impact=example.incident.impact,
-        timestamp=format_timestamp(event_time(event), zones),
-        next_update=format_timestamp(next_update, zones) if next_update else None,
-        status_url=context.status_url,
+        event=values["kind"],
+        impact=values["impact"],
+        timestamp=values["timestamp"],
+        next_update=values["next_update"],
+        status_url=values["status_url"],
         jargon=example.jargon,
     )
 

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from services.dispatcher.approvals import ApprovalStore, granted
+from services.dispatcher.rendering.engine import TemplateEngine
+from services.dispatcher.rendering.messages import SHIPPED_TEMPLATES
 from services.dispatcher.state import State, get_state
 from services.dispatcher.status_view import (
     StatusPage,
@@ -17,7 +19,6 @@ from services.dispatcher.status_view import (
     status_json,
     template_values,
 )
-from services.dispatcher.templating import environment
 from shared.auth import check_bearer
 from shared.contracts import dump
 from shared.errors import NotFound
@@ -26,6 +27,8 @@ from shared.incidents import recent_incidents
 from shared.watchdog import stopped_subscribers
 
 STATUS_PAGE_SCAN = 100
+# Clarion's own pages render with the same engine as messages, with room for long histories.
+PAGES = TemplateEngine([SHIPPED_TEMPLATES], max_output_chars=5_000_000)
 
 
 async def require_ops_token(request: Request) -> None:
@@ -46,7 +49,7 @@ async def _status_page(state: State) -> StatusPage:
 async def status_html(state: State) -> HTMLResponse:
     page = await _status_page(state)
     values = template_values(page, state.plan.zones)
-    html = environment().get_template("page/status.html.j2").render(values)
+    html = PAGES.render("page/status.html.j2", values)
     return HTMLResponse(html)
 
 
