@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import httpx
 import typer
 from pydantic import ValidationError
 
@@ -35,3 +37,36 @@ def plan_or_fail(path: Path | None) -> Plan:
         return load_plan(path)
     except PlanError as exc:
         fail(str(exc))
+
+
+def dispatcher_client(settings: Settings, timeout: float = 10.0) -> httpx.Client:
+    """An HTTP client for the dispatcher's ops API, with the ops token when one is set."""
+    from services.local_run import Endpoints  # the launcher imports this module
+
+    token = settings.ops_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    base = Endpoints.from_settings(settings).dispatcher
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def call_dispatcher(
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> Any:
+    """Call the dispatcher's ops API and return the JSON answer; fail clearly on any error."""
+    settings = settings or settings_or_fail()
+    try:
+        with dispatcher_client(settings) as client:
+            response = client.request(method, path, json=body, params=params)
+    except httpx.HTTPError as exc:
+        fail(f"Cannot reach the dispatcher at {dispatcher_client(settings).base_url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error", {}).get("message") or response.text
+        except ValueError:
+            detail = response.text
+        fail(f"The dispatcher answered {response.status_code}: {detail}")
+    return response.json()

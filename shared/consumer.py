@@ -14,7 +14,6 @@ stream with its error, and is acknowledged: nothing poisons a stream.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from faststream.redis.annotations import RedisStreamMessage
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from shared.contracts import DeadLetter
 from shared.errors import PermanentFailure
 from shared.logs import get_logger
 from shared.redis_values import DATA_FIELD, as_text
@@ -49,17 +49,18 @@ async def dead_letter(
     redis: Redis, entry: StreamEntry, body: bytes, reason: str, error: str | None
 ) -> str:
     """Write a message to the dead-letter stream, with enough to replay it."""
-    record = {
-        "stream": entry.stream,
-        "group": entry.group,
-        "entry_id": entry.entry_id,
-        "delivery_count": entry.delivery_count,
-        "reason": reason,
-        "error": error,
-        "payload": body.decode("utf-8", errors="replace"),
-        "dead_at": datetime.now(UTC).isoformat(),
-    }
-    entry_id = await redis.xadd(DEAD_LETTERS, {DATA_FIELD: json.dumps(record)})
+    record = DeadLetter(
+        kind="message",
+        stream=entry.stream,
+        group=entry.group,
+        entry_id=entry.entry_id,
+        delivery_count=entry.delivery_count,
+        reason=reason,
+        error=error,
+        payload=body.decode("utf-8", errors="replace"),
+        dead_at=datetime.now(UTC),
+    )
+    entry_id = await redis.xadd(DEAD_LETTERS, {DATA_FIELD: record.model_dump_json()})
     log.error(
         "message.dead_lettered",
         stream=entry.stream,
@@ -83,6 +84,7 @@ class GuardedConsumer(Generic[T]):
     handle: Callable[[T, StreamEntry], Awaitable[None]]
     max_deliveries: int
     on_dead: Callable[[T, StreamEntry, str], Awaitable[None]] | None = None
+    max_workers: int = 1  # entries handled at once by each of the two subscribers
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -149,10 +151,13 @@ class GuardedConsumer(Generic[T]):
             count = await msg.get_delivery_count()
             await self.process(msg.body, _entry(msg, self.group, delivery_count=count))
 
-        broker.subscriber(stream=reader, title=f"{self.stream}:{self.group}")(on_new)
-        broker.subscriber(stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim")(
-            on_reclaimed
-        )
+        workers = self.max_workers if self.max_workers > 1 else None
+        broker.subscriber(
+            stream=reader, title=f"{self.stream}:{self.group}", max_workers=workers
+        )(on_new)
+        broker.subscriber(
+            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", max_workers=workers
+        )(on_reclaimed)
 
 
 def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:

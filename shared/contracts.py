@@ -253,6 +253,7 @@ class UpdateDue(Contract):
 class DeliveryStatus(StrEnum):
     """Where one delivery attempt ended. SENT, FAILED, DEAD and SUPPRESSED are final."""
 
+    QUEUED = "queued"  # waiting for its turn: a rate limit, or a replay on its way
     SENT = "sent"
     HELD = "held"  # waiting for a human's approval (or the auto-publish timeout)
     RETRYING = "retrying"
@@ -279,6 +280,70 @@ class DeliveryRecorded(Contract):
     shortened: bool = False  # the message was cut to fit the channel (never silently)
     started_at: AwareDatetime
     recorded_at: AwareDatetime
+    latency_ms: float | None = None  # the provider call alone, when one was made
+    note: str | None = None  # e.g. "no credentials: kept in the local outbox"
+    possible_duplicate: bool = False  # an earlier attempt died mid-send (non-idempotent channel)
+    next_attempt_at: AwareDatetime | None = None  # when RETRYING or QUEUED: the scheduled try
+
+
+class DeliveryJob(Contract):
+    """One message for one recipient on one channel: what a channel worker sends.
+
+    The message itself is rendered once per event, audience and channel and stored
+    under the event (``rendering``), so a job stays small and every retry sends the
+    same words. ``expects`` is the delivery state this job may act on: ``""`` for a
+    first attempt, ``retry:N`` for a scheduled one; any other state means another
+    job already owns the delivery, and this one does nothing.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["delivery.job"] = "delivery.job"
+    delivery_id: str
+    event_id: str
+    event_type: str
+    incident_id: str
+    channel: str
+    recipient: str
+    audience: str
+    public: bool = False
+    occurred_at: AwareDatetime
+    attempt: int = Field(default=1, ge=1)
+    last_attempt: int = Field(default=1, ge=1)  # the attempt after which it goes to dead letters
+    expects: str = ""
+    suppressed_reason: str | None = None
+
+
+class DeadLetter(Contract):
+    """Something that could not be done, kept with its error so it can be replayed.
+
+    ``kind="message"``: a stream entry no consumer could process (``payload`` is the
+    entry's body; replay adds it to ``stream`` again). ``kind="delivery"``: a delivery
+    whose retries ran out (``payload`` is its :class:`DeliveryJob`; replay sends it
+    again under the same idempotency key).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["message", "delivery"] = "message"
+    stream: str
+    group: str
+    entry_id: str | None = None
+    delivery_count: int | None = None
+    reason: str
+    error: str | None = None
+    payload: str
+    dead_at: AwareDatetime
+    delivery_id: str | None = None
+    incident_id: str | None = None
+    channel: str | None = None
+    attempt: int | None = None
+
+
+class ScheduledDelivery(Contract):
+    """A delivery job the scheduler puts back on its channel's stream at ``due_at``."""
+
+    incident_id: str
+    due_at: AwareDatetime
+    job: DeliveryJob
 
 
 class ApprovalRequested(Contract):

@@ -53,6 +53,19 @@ def _split_csv(value: object) -> object:
 CommaSeparated = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_csv)]
 
 
+DEFAULT_RATE_LIMITS: tuple[str, ...] = (
+    "mastodon=300/3 hours",
+    "bluesky=1500/hour",
+    "x=100/day",
+    "sms=30/second",
+    "sms:recipient=1/minute",
+    "slack:recipient=1/second",
+    "discord:recipient=30/minute",
+)
+"""Provider limits: ``<channel>=<limit>`` per channel, ``<channel>:recipient=<limit>`` per
+recipient, shared by every dispatcher instance through Redis."""
+
+
 def _default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -117,6 +130,52 @@ class Settings(BaseSettings):
     smtp_tls: bool = False
     smtp_timeout_seconds: float = 30.0
     email_from: str = "Clarion <status@clarion.invalid>"
+    email_provider: Literal["smtp", "sendgrid", "mailgun"] = "smtp"
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_api_url: str = "https://api.sendgrid.com"
+    mailgun_api_key: SecretStr | None = None
+    mailgun_domain: str | None = None
+    mailgun_api_url: str = "https://api.mailgun.net"
+    unsubscribe_secret: SecretStr | None = None
+
+    # SMS
+    sms_provider: Literal["twilio", "gateway"] = "twilio"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    sms_gateway_url: str | None = None
+    sms_gateway_token: SecretStr | None = None
+
+    # Social (accounts and their token variables are in the plan)
+    x_api_url: str = "https://api.x.com"
+
+    # Status page: the built-in page, or a hosted one
+    status_page_provider: Literal["builtin", "statuspage", "cachet"] = "builtin"
+    statuspage_api_url: str = "https://api.statuspage.io"
+    statuspage_api_key: SecretStr | None = None
+    statuspage_page_id: str | None = None
+    statuspage_components: CommaSeparated = ()
+    cachet_url: str | None = None
+    cachet_api_token: SecretStr | None = None
+
+    # Outbound webhooks
+    webhook_allow_private: bool = False
+
+    # Outbound HTTP (every provider call shares one client)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Deliveries: attempts, backoff, rate limits, concurrency, retention
+    delivery_max_attempts: int = Field(default=6, ge=1, le=50)
+    retry_base: Duration = timedelta(seconds=5)
+    retry_max: Duration = timedelta(minutes=10)
+    retry_after_max: Duration = timedelta(hours=6)
+    channel_concurrency: int = Field(default=16, ge=1, le=1000)
+    rate_limits: CommaSeparated = DEFAULT_RATE_LIMITS
+    delivery_log_retention: Duration = timedelta(days=30)
+    stream_retention: Duration = timedelta(days=7)
+    retention_interval: Duration = timedelta(hours=1)
 
     # Consumers
     consumer_name: str = Field(default_factory=_default_consumer_name)

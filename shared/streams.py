@@ -14,6 +14,21 @@ DEAD_LETTERS: Final = f"{PREFIX}:dead-letters"
 OUTBOX: Final = f"{PREFIX}:outbox"
 RESOLUTIONS_DUE: Final = f"{PREFIX}:resolutions-due"
 APPROVALS: Final = f"{PREFIX}:approvals"
+DELIVERY_STREAM: Final = f"{PREFIX}:deliveries:{{channel}}"
+"""One stream of delivery jobs per channel, so a slow provider only backs up its own."""
+DELIVERY_CHANNELS: Final = (
+    "email",
+    "sms",
+    "mastodon",
+    "bluesky",
+    "x",
+    "slack",
+    "discord",
+    "chat_webhook",
+    "status_page",
+    "webhook",
+)
+"""Every channel name (``shared.plan.ChannelName``; a test keeps the two in step)."""
 
 # Consumer groups: one per service, so each service can run as several instances.
 SCHEDULER_GROUP: Final = "scheduler"
@@ -27,6 +42,7 @@ CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
     UPDATES_DUE: (DISPATCHER_GROUP,),
     RESOLUTIONS_DUE: (INGEST_GROUP,),
     APPROVALS: (SCHEDULER_GROUP, DISPATCHER_GROUP),
+    **{DELIVERY_STREAM.format(channel=c): (DISPATCHER_GROUP,) for c in DELIVERY_CHANNELS},
 }
 
 # Keys
@@ -39,6 +55,12 @@ RESOLUTION_DUE: Final = f"{PREFIX}:schedule:resolution-due"
 RESOLUTION_ITEMS: Final = f"{PREFIX}:schedule:resolution-items"
 APPROVAL_DUE: Final = f"{PREFIX}:schedule:approval-due"
 APPROVAL_ITEMS: Final = f"{PREFIX}:schedule:approval-items"
+RETRY_DUE: Final = f"{PREFIX}:schedule:retry-due"
+RETRY_ITEMS: Final = f"{PREFIX}:schedule:retry-items"
+DELIVERY_STATE: Final = f"{PREFIX}:delivery:{{delivery_id}}"
+DISPATCH_RECORD: Final = f"{PREFIX}:dispatch:{{event_id}}"
+FANNED_OUT: Final = f"{PREFIX}:fanned-out:{{event_id}}"
+REPLAYED_DEAD_LETTERS: Final = f"{PREFIX}:dead-letters:replayed"
 PENDING_APPROVALS: Final = f"{PREFIX}:approvals:pending"
 REJECTIONS: Final = f"{PREFIX}:ingest:rejections"
 SCHEDULER_HEARTBEAT: Final = f"{PREFIX}:scheduler:heartbeat"
@@ -66,3 +88,19 @@ def last_error_key(stream: str, group: str) -> str:
 
 def status_page_incident_key(incident_id: str) -> str:
     return STATUS_PAGE_INCIDENT.format(incident_id=incident_id)
+
+
+def delivery_stream(channel: str) -> str:
+    return DELIVERY_STREAM.format(channel=channel)
+
+
+def delivery_state_key(delivery_id: str) -> str:
+    return DELIVERY_STATE.format(delivery_id=delivery_id)
+
+
+def dispatch_record_key(event_id: str) -> str:
+    return DISPATCH_RECORD.format(event_id=event_id)
+
+
+def fanned_out_key(event_id: str) -> str:
+    return FANNED_OUT.format(event_id=event_id)

@@ -8,16 +8,26 @@ them in; nothing is global.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from faststream.redis import RedisBroker
 
+from services.dispatcher.channels import Channel
+from services.dispatcher.channels.context import DriverContext, http_client
 from services.dispatcher.channels.registry import default_channels
+from services.dispatcher.dead_letter_routes import dead_letter_routes
+from services.dispatcher.dead_letters import Replayer
 from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_state import DeliveryStates
+from services.dispatcher.delivery_worker import DeliveryWorker
+from services.dispatcher.dispatch_record import DispatchRecords
 from services.dispatcher.handlers import subscribe
 from services.dispatcher.pipeline import Dispatcher
+from services.dispatcher.rate_limits import RateLimits, parse_rate_limits
+from services.dispatcher.retry_policy import RetryPolicy
 from services.dispatcher.routes import ops, public
 from services.dispatcher.state import DispatcherState
 from services.dispatcher.status_page_store import StatusPageStore
@@ -49,17 +59,23 @@ def create_app(
     clock: Clock | None = None,
     on_fatal: Callable[[str], None] | None = None,
     plan: Plan | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    channels: Callable[[DriverContext], Mapping[str, Channel]] = default_channels,
 ) -> FastAPI:
     """The dispatcher app. ``on_fatal`` is called when consuming has stopped for good
-    (a vanished consumer group): the process should then exit and be restarted."""
+    (a vanished consumer group): the process should then exit and be restarted.
+    ``environ`` is where the plan's ``*_env`` credentials are read (``os.environ``)."""
     the_clock: Clock = clock or SystemClock()
     the_plan = plan or load_plan(settings.plan)  # an invalid plan fails here, at once
+    rate_limits = parse_rate_limits(settings.rate_limits)  # and so does a bad rate limit
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.require_redis_url()
         redis = connect(url)
-        try:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(redis.aclose)  # closed last
             await ensure_consumer_groups(redis)
             broker = RedisBroker(
                 url,
@@ -68,24 +84,51 @@ def create_app(
                 logger=get_logger("clarion.dispatcher.broker"),
             )
             approvals = BrokerApprovals(broker)
+            http = http_client(settings)
+            stack.push_async_callback(http.aclose)
+            context = DriverContext(
+                settings=settings,
+                plan=the_plan,
+                http=http,
+                redis=redis,
+                clock=the_clock,
+                environ=os.environ if environ is None else environ,
+            )
+            delivery_log = DeliveryLog(redis)
+            retention = int(settings.idempotency_retention.total_seconds())
+            states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
+            worker = DeliveryWorker(
+                redis,
+                the_clock,
+                channels(context),
+                owner=settings.consumer_name,
+                states=states,
+                records=DispatchRecords(redis, retention),
+                limits=RateLimits(redis, rate_limits),
+                policy=RetryPolicy.of(settings),
+                delivery_log=delivery_log,
+            )
             dispatcher = Dispatcher(
                 redis,
                 settings,
                 the_clock,
-                default_channels(settings, redis, the_clock),
                 plan=the_plan,
                 approvals=approvals,
+                delivery_log=delivery_log,
             )
-            subscribe(broker, redis, settings, dispatcher)
+            subscribe(broker, redis, settings, dispatcher, worker)
             app.state.dispatcher = DispatcherState(
                 settings=settings,
                 clock=the_clock,
                 redis=redis,
-                delivery_log=DeliveryLog(redis),
+                delivery_log=delivery_log,
                 status_pages=StatusPageStore(redis),
                 broker=broker,
                 plan=the_plan,
                 approvals=approvals,
+                replayer=Replayer(
+                    redis, the_clock, states, delivery_log, settings.delivery_max_attempts
+                ),
             )
             await broker.start()
             stopping = asyncio.Event()
@@ -106,11 +149,10 @@ def create_app(
                 await watchdog
                 await broker.stop()
                 log.info("dispatcher.stopped", consumer=settings.consumer_name)
-        finally:
-            await redis.aclose()
 
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(ops)
+    app.include_router(dead_letter_routes)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
+from services.dispatcher.delivery_worker import DeliveryWorker
 from services.dispatcher.pipeline import Dispatcher
 from shared.consumer import GuardedConsumer, StreamEntry
 from shared.contracts import (
@@ -12,11 +13,19 @@ from shared.contracts import (
     INCIDENT_EVENT,
     ApprovalEvent,
     ApprovalGranted,
+    DeliveryJob,
     IncidentEvent,
     UpdateDue,
 )
 from shared.settings import Settings
-from shared.streams import APPROVALS, DISPATCHER_GROUP, INCIDENT_EVENTS, UPDATES_DUE
+from shared.streams import (
+    APPROVALS,
+    DELIVERY_CHANNELS,
+    DISPATCHER_GROUP,
+    INCIDENT_EVENTS,
+    UPDATES_DUE,
+    delivery_stream,
+)
 
 
 def build_consumers(
@@ -70,9 +79,41 @@ def build_consumers(
     return events, dues, approvals
 
 
+def delivery_consumers(
+    redis: Redis, settings: Settings, worker: DeliveryWorker
+) -> list[GuardedConsumer[DeliveryJob]]:
+    """One consumer per channel's job stream, each with its own concurrency."""
+
+    async def on_job(job: DeliveryJob, entry: StreamEntry) -> None:
+        await worker.deliver(job)
+
+    async def on_job_dead(job: DeliveryJob, entry: StreamEntry, error: str) -> None:
+        await worker.give_up(job, error)
+
+    return [
+        GuardedConsumer[DeliveryJob](
+            redis=redis,
+            stream=delivery_stream(channel),
+            group=DISPATCHER_GROUP,
+            decode=DeliveryJob.model_validate_json,
+            handle=on_job,
+            max_deliveries=settings.max_deliveries,
+            on_dead=on_job_dead,
+            max_workers=settings.channel_concurrency,
+        )
+        for channel in DELIVERY_CHANNELS
+    ]
+
+
 def subscribe(
-    broker: RedisBroker, redis: Redis, settings: Settings, dispatcher: Dispatcher
+    broker: RedisBroker,
+    redis: Redis,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    worker: DeliveryWorker,
 ) -> None:
     """Register the dispatcher's readers and reclaimers on ``broker``."""
     for consumer in build_consumers(redis, settings, dispatcher):
         consumer.subscribe(broker, settings)
+    for jobs in delivery_consumers(redis, settings, worker):
+        jobs.subscribe(broker, settings)

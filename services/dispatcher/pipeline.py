@@ -1,63 +1,51 @@
-"""The dispatcher pipeline: plan -> dedup -> render -> send -> record.
+"""The fan-out stage: an event becomes delivery jobs, one per recipient and channel.
 
-Each event fans out to its deliveries concurrently (bounded). A delivery is
-claimed in the idempotency store before it is sent, so a redelivered event only
-redoes the deliveries that did not finish. A permanent failure for one recipient
-never holds up the others; a retryable one makes the whole event raise
-:class:`RetryableFailure` at the end, so the entry stays pending and is reclaimed.
+plan (routes -> deliveries) -> hold what needs approval -> render once per
+(audience, channel) -> queue one job per delivery on its channel's stream.
+Channel workers (:mod:`.delivery_worker`) then send, record and retry, each
+channel at its own pace, so a slow provider never holds up another.
+
+Fan-out is idempotent: a redelivered event queues the same jobs again, and the
+delivery state lets only one of them act. Jobs are written in pipelined batches,
+so ten thousand recipients never wait on ten thousand round trips.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from enum import Enum
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from redis.asyncio import Redis
 
 from services.dispatcher.approvals import ApprovalPublisher, ApprovalStore, PendingApproval
-from services.dispatcher.channels import Channel
-from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
 from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_state import DeliveryStates
+from services.dispatcher.dispatch_record import DispatchRecords, Rendering, RenderProblem
 from services.dispatcher.fanout import Delivery, plan_deliveries
 from services.dispatcher.rendering.engine import RenderFailed
 from services.dispatcher.rendering.limits import MessageTooLong
-from services.dispatcher.rendering.messages import RenderedMessage, Renderer
+from services.dispatcher.rendering.messages import Renderer
 from services.dispatcher.rendering.values import DispatchEvent, RenderContext
 from shared.clock import Clock
 from shared.contracts import (
     ApprovalGranted,
+    DeliveryJob,
     DeliveryRecorded,
     DeliveryStatus,
     Incident,
     IncidentEvent,
     UpdateDue,
 )
-from shared.errors import RetryableFailure
-from shared.idempotency import Claim, IdempotencyStore
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
 from shared.plan import Plan
+from shared.redis_values import DATA_FIELD
 from shared.settings import Settings
+from shared.streams import delivery_stream, fanned_out_key
 
-DEFAULT_CONCURRENCY: Final = 10
+BATCH: Final = 500
 
 log = get_logger("clarion.dispatcher")
-
-
-class _Result(Enum):
-    FINISHED = "finished"  # sent, failed, suppressed, or done before
-    UNFINISHED = "unfinished"  # to be retried when the entry is reclaimed
-
-
-@dataclass(frozen=True)
-class RenderProblem:
-    """Why a message could not be rendered: every delivery of it fails with this reason."""
-
-    error: str
 
 
 class Dispatcher:
@@ -66,27 +54,23 @@ class Dispatcher:
         redis: Redis,
         settings: Settings,
         clock: Clock,
-        channels: Mapping[str, Channel],
         *,
         plan: Plan,
         approvals: ApprovalPublisher,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        delivery_log: DeliveryLog | None = None,
     ) -> None:
         self._redis = redis
         self._settings = settings
         self._clock = clock
-        self._channels = channels
         self._plan = plan
         self._renderer = Renderer(RenderContext.of(plan, settings))
         self._approvals = approvals
         self._held = ApprovalStore(redis)
-        self._idempotency = IdempotencyStore(
-            redis,
-            lease_ms=settings.idempotency_lease_ms,
-            retention_seconds=int(settings.idempotency_retention.total_seconds()),
-        )
-        self._log = DeliveryLog(redis)
-        self._slots = asyncio.Semaphore(concurrency)
+        retention = int(settings.idempotency_retention.total_seconds())
+        self._retention = retention
+        self._states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
+        self._records = DispatchRecords(redis, retention)
+        self._log = delivery_log or DeliveryLog(redis)
 
     async def handle_incident_event(self, event: IncidentEvent, attempt: int) -> None:
         await self._dispatch(event, event.incident, attempt)
@@ -99,7 +83,7 @@ class Dispatcher:
         await self._dispatch(due, incident, attempt)
 
     async def handle_approval(self, grant: ApprovalGranted, attempt: int) -> None:
-        """Send what ``grant`` releases; nothing when it was released before."""
+        """Queue what ``grant`` releases; nothing when it was released before."""
         pending = await self._held.get(grant.event_id)
         if pending is None:
             log.info("approval.nothing_held", event_id=grant.event_id, by=grant.by)
@@ -114,12 +98,13 @@ class Dispatcher:
         await self._held.release(grant.event_id)
 
     async def record_dead(self, event: DispatchEvent, attempt: int, error: str) -> None:
-        """Retries are exhausted: every planned delivery not yet done is recorded DEAD."""
+        """The event itself could not be fanned out, time after time: every planned
+        delivery that never started is recorded DEAD (the event is in dead letters)."""
         incident = await self._incident_for(event)
         if incident is None:
             return
         for delivery in plan_deliveries(event, incident, self._plan):
-            if await self._idempotency.is_done(delivery.delivery_id):
+            if await self._states.state(delivery.delivery_id):
                 continue
             with bound(
                 incident_id=delivery.incident_id,
@@ -136,42 +121,52 @@ class Dispatcher:
     async def _dispatch(
         self, event: DispatchEvent, incident: Incident, attempt: int, *, approved: bool = False
     ) -> None:
+        marker = fanned_out_key(f"{event.event_id}:{'approved' if approved else 'event'}")
+        if await self._redis.exists(marker):
+            log.info("fanout.done_before", event_id=event.event_id, approved=approved)
+            return
         deliveries = plan_deliveries(event, incident, self._plan)
-        held = [
-            d
-            for d in deliveries
-            if d.needs_approval
-            and not approved
-            and not d.suppressed
-            and not await self._idempotency.is_done(d.delivery_id)  # approved and sent before
-        ]
-        if held:
-            await self._hold(event, incident, held, attempt)
-        sending = [d for d in deliveries if d not in held]
-        messages = self._render_all(event, incident, sending)
-        results = await asyncio.gather(
-            *(self._bounded(d, messages[(d.audience, d.channel)], attempt) for d in sending),
-            return_exceptions=True,
+        if approved:
+            sending = [d for d in deliveries if d.needs_approval]
+        else:
+            held = [
+                d
+                for d in deliveries
+                if d.needs_approval
+                and not d.suppressed
+                and not await self._states.state(d.delivery_id)  # approved and sent before
+            ]
+            if held:
+                await self._hold(event, incident, held, attempt)
+            sending = [d for d in deliveries if d not in held]
+        await self._records.save(
+            event.event_id, incident, self._render_all(event, incident, sending)
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        unfinished = [d for d, r in zip(sending, results, strict=True) if r is _Result.UNFINISHED]
-        if unfinished:
-            names = ", ".join(f"{d.channel}:{d.delivery_id}" for d in unfinished)
-            raise RetryableFailure(
-                f"{len(unfinished)} of {len(sending)} deliveries unfinished ({names})"
-            )
+        queued = await self._queue(event, sending)
+        await self._redis.set(marker, 1, ex=self._retention)
+        log.info("fanout.queued", event_id=event.event_id, deliveries=queued, approved=approved)
+
+    async def _queue(self, event: DispatchEvent, deliveries: Iterable[Delivery]) -> int:
+        queued = 0
+        for batch in _batches(deliveries, BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery in batch:
+                    job = _job(event.type, delivery, self._settings.delivery_max_attempts)
+                    pipe.xadd(
+                        delivery_stream(delivery.channel), {DATA_FIELD: job.model_dump_json()}
+                    )
+                await pipe.execute()
+            queued += len(batch)
+        return queued
 
     def _render_all(
         self, event: DispatchEvent, incident: Incident, deliveries: list[Delivery]
-    ) -> dict[tuple[str, str], RenderedMessage | RenderProblem | None]:
-        """One rendering per (audience, channel); None where every delivery is suppressed."""
-        messages: dict[tuple[str, str], RenderedMessage | RenderProblem | None] = {}
+    ) -> dict[tuple[str, str], Rendering]:
+        """One rendering per (audience, channel) that has something to send."""
+        messages: dict[tuple[str, str], Rendering] = {}
         for delivery in deliveries:
-            key = (delivery.audience, delivery.channel)
+            key = (delivery.audience, delivery.channel.value)
             if key in messages or delivery.suppressed:
-                messages.setdefault(key, None)
                 continue
             try:
                 messages[key] = self._renderer.render(
@@ -221,81 +216,8 @@ class Dispatcher:
                 )
         await self._approvals.publish_approval(pending.request)  # idempotent at the scheduler
 
-    async def _bounded(
-        self, delivery: Delivery, message: RenderedMessage | RenderProblem | None, attempt: int
-    ) -> _Result:
-        async with self._slots:
-            with bound(
-                incident_id=delivery.incident_id,
-                channel=delivery.channel,
-                delivery_id=delivery.delivery_id,
-            ):
-                return await self._deliver(delivery, message, attempt)
-
-    async def _deliver(
-        self, delivery: Delivery, message: RenderedMessage | RenderProblem | None, attempt: int
-    ) -> _Result:
-        key = delivery.delivery_id  # the hash of the idempotency key: no address in Redis keys
-        owner = self._settings.consumer_name
-        claim = await self._idempotency.claim(key, owner)
-        if claim is Claim.DONE:
-            log.info("delivery.skipped_done", attempt=attempt)
-            return _Result.FINISHED
-        if claim is Claim.BUSY:
-            log.info("delivery.busy_elsewhere", attempt=attempt)
-            return _Result.UNFINISHED
-        started = self._clock.now()
-        if delivery.suppressed_reason is not None or not isinstance(message, RenderedMessage):
-            await self._idempotency.complete(key)
-            if isinstance(message, RenderProblem):
-                status, reason = DeliveryStatus.FAILED, message.error
-            else:
-                status = DeliveryStatus.SUPPRESSED
-                reason = delivery.suppressed_reason or "nothing to send"
-            await self._record(delivery, status, attempt, started, error=reason)
-            return _Result.FINISHED
-        outcome = await self._send(delivery, message)
-        match outcome:
-            case Sent(provider_id=provider_id):
-                await self._idempotency.complete(key)
-                await self._record(
-                    delivery,
-                    DeliveryStatus.SENT,
-                    attempt,
-                    started,
-                    provider_id=provider_id,
-                    shortened=message.shortened,
-                )
-                return _Result.FINISHED
-            case Permanent(error=error):
-                await self._idempotency.complete(key)
-                await self._record(delivery, DeliveryStatus.FAILED, attempt, started, error=error)
-                return _Result.FINISHED
-            case Retryable(error=error):
-                await self._idempotency.release(key, owner)
-                await self._record(delivery, DeliveryStatus.RETRYING, attempt, started, error=error)
-                return _Result.UNFINISHED
-
-    async def _send(self, delivery: Delivery, message: RenderedMessage) -> Outcome:
-        channel = self._channels.get(delivery.channel)
-        if channel is None:
-            return Permanent(f"no driver for channel {delivery.channel!r}")
-        try:
-            return await channel.send(message, delivery.recipient, delivery)
-        except Exception as exc:  # an unclassified driver failure: retry, then dead-letter
-            log.exception("delivery.driver_error")
-            return Retryable(f"{type(exc).__name__}: {exc}")
-
     async def _record(
-        self,
-        delivery: Delivery,
-        status: DeliveryStatus,
-        attempt: int,
-        started: datetime | None = None,
-        *,
-        error: str | None = None,
-        provider_id: str | None = None,
-        shortened: bool = False,
+        self, delivery: Delivery, status: DeliveryStatus, attempt: int, *, error: str | None
     ) -> None:
         now = self._clock.now()
         await self._log.record(
@@ -309,9 +231,34 @@ class Dispatcher:
                 attempt=attempt,
                 audience=delivery.audience,
                 error=error,
-                shortened=shortened,
-                provider_message_id=provider_id,
-                started_at=started or now,
+                started_at=now,
                 recorded_at=now,
             )
         )
+
+
+def _job(event_type: str, delivery: Delivery, last_attempt: int) -> DeliveryJob:
+    return DeliveryJob(
+        delivery_id=delivery.delivery_id,
+        event_id=delivery.event_id,
+        event_type=event_type,
+        incident_id=delivery.incident_id,
+        channel=delivery.channel.value,
+        recipient=delivery.recipient,
+        audience=delivery.audience,
+        public=delivery.public,
+        occurred_at=delivery.occurred_at,
+        last_attempt=last_attempt,
+        suppressed_reason=delivery.suppressed_reason,
+    )
+
+
+def _batches(items: Iterable[Delivery], size: int) -> Iterator[list[Delivery]]:
+    batch: list[Delivery] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

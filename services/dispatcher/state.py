@@ -10,6 +10,7 @@ from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from services.dispatcher.approvals import ApprovalPublisher
+from services.dispatcher.dead_letters import Replayer
 from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import Clock
@@ -27,6 +28,7 @@ class DispatcherState:
     broker: RedisBroker
     plan: Plan
     approvals: ApprovalPublisher
+    replayer: Replayer
 
 
 def get_state(request: Request) -> DispatcherState:

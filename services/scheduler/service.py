@@ -10,6 +10,7 @@ from faststream.redis import RedisBroker
 from services.scheduler.approval_timeout import approval_firer, approval_schedule
 from services.scheduler.handlers import approval_consumer, incident_event_consumer
 from services.scheduler.resolution_hold import resolution_firer, resolution_schedule
+from services.scheduler.retry_due import retry_firer, retry_schedule
 from services.scheduler.schedule_store import update_schedule
 from services.scheduler.ticker import Firer, Ticker
 from shared.clock import Clock, SystemClock
@@ -77,6 +78,7 @@ async def run(
         firers: list[Firer] = [
             resolution_firer(resolutions, publisher, the_clock, lease),
             approval_firer(approvals, publisher, the_clock, lease),
+            retry_firer(retry_schedule(redis), redis, the_clock, lease),
         ]
         ticker = Ticker(updates, publisher, redis, settings, the_clock, plan=the_plan, also=firers)
         await broker.start()

@@ -1,103 +1,139 @@
-"""Email: multipart text + HTML over SMTP, or the local outbox when no SMTP is set."""
+"""Email over SMTP (aiosmtplib): STARTTLS or implicit TLS, AUTH, one attempt per send.
+
+Without ``CLARION_SMTP_HOST`` the driver answers :class:`NotConfigured` and the
+pipeline keeps the message in the local outbox. :func:`build_email_channel`
+picks SMTP, SendGrid or Mailgun by ``CLARION_EMAIL_PROVIDER``; all three send
+the same message (:mod:`.email_message`).
+
+SMTP gives no idempotency: a crash after the server accepted DATA and before
+the pipeline recorded it may send once more, with the same Message-ID.
+"""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Iterable
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from typing import Final
 
 import aiosmtplib
-from redis.asyncio import Redis
 
-from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
+from services.dispatcher.channels import Channel
+from services.dispatcher.channels.context import DriverContext
+from services.dispatcher.channels.email_mailgun import MailgunChannel
+from services.dispatcher.channels.email_message import (
+    OutgoingEmail,
+    compose,
+    message_id_for,
+    prepare,
+)
+from services.dispatcher.channels.email_sendgrid import SendGridChannel
+from services.dispatcher.channels.outcome import NotConfigured, Outcome, Permanent, Retryable, Sent
 from services.dispatcher.fanout import Delivery
-from services.dispatcher.outbox import OutboxMessage, queue_message
 from services.dispatcher.rendering.messages import RenderedMessage
 from shared.clock import Clock
+from shared.redaction import REDACTED, redact_text
 from shared.settings import Settings
 
+__all__ = [
+    "EmailChannel",
+    "build_email",
+    "build_email_channel",
+    "classify_smtp_error",
+    "message_id_for",
+]
 
-def message_id_for(delivery: Delivery, email_from: str) -> str:
-    """Deterministic: a retried send of the same delivery carries the same Message-ID."""
-    _, at, domain = parseaddr(email_from)[1].rpartition("@")
-    if not at or not domain:
-        domain = "clarion.invalid"
-    return f"<{delivery.delivery_id}@{domain}>"
+NO_SMTP: Final = "no SMTP server configured (CLARION_SMTP_HOST)"
+
+
+def build_email_channel(ctx: DriverContext) -> Channel:
+    """The email driver ``CLARION_EMAIL_PROVIDER`` names: SMTP (the default), SendGrid, Mailgun."""
+    provider = ctx.settings.email_provider
+    if provider == "sendgrid":
+        return SendGridChannel(ctx)
+    if provider == "mailgun":
+        return MailgunChannel(ctx)
+    return EmailChannel(ctx)
 
 
 def build_email(
     message: RenderedMessage, recipient: str, delivery: Delivery, settings: Settings, clock: Clock
 ) -> EmailMessage:
-    email = EmailMessage()
-    email["From"] = settings.email_from
-    email["To"] = recipient
-    email["Subject"] = message.subject
-    email["Date"] = format_datetime(clock.now())
-    email["Message-ID"] = message_id_for(delivery, settings.email_from)
-    email["Auto-Submitted"] = "auto-generated"
-    email["X-Clarion-Incident"] = delivery.incident_id
-    email.set_content(message.text)
-    if message.html is not None:
-        email.add_alternative(message.html, subtype="html")
-    return email
+    """The MIME message for one delivery, without a List-Unsubscribe link (no plan at hand)."""
+    return compose(
+        message, recipient, delivery, email_from=settings.email_from, now=clock.now()
+    ).mime()
 
 
-def classify_smtp_error(exc: Exception) -> Outcome:
-    """4xx and connection trouble may pass later; 5xx will not."""
+def classify_smtp_error(exc: Exception, secrets: Iterable[str] = ()) -> Outcome:
+    """4xx and connection trouble may pass later; 5xx will not.
+
+    Server replies often quote the address ("<a@b.example>: user unknown"), so
+    every text is redacted; ``secrets`` (the password) are blanked out too.
+    """
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [refused.code for refused in exc.recipients]
+        replies = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
         if any(code >= 500 for code in codes):
-            return Permanent(f"recipient refused: {_describe(exc)}")
-        return Retryable(f"recipient deferred: {_describe(exc)}")
+            return Permanent(_clean(f"recipient refused: {replies}", secrets))
+        return Retryable(_clean(f"recipient deferred: {replies}", secrets))
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        if exc.code >= 500:
-            return Permanent(f"SMTP {exc.code}: {exc.message}")
-        return Retryable(f"SMTP {exc.code}: {exc.message}")
+        text = _clean(f"SMTP {exc.code}: {exc.message}", secrets)
+        return Permanent(text) if exc.code >= 500 else Retryable(text)
     if isinstance(exc, OSError | TimeoutError):  # includes connect/disconnect/timeout errors
-        return Retryable(_describe(exc))
-    return Permanent(_describe(exc))
+        return Retryable(_clean(_describe(exc), secrets))
+    return Permanent(_clean(_describe(exc), secrets))
 
 
 def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _clean(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return redact_text(text)
 
 
 class EmailChannel:
-    name = "email"
+    """SMTP. ``tls_context`` overrides the system trust store (a private CA, or tests)."""
 
-    def __init__(self, settings: Settings, redis: Redis, clock: Clock) -> None:
-        self._settings = settings
-        self._redis = redis
-        self._clock = clock
+    name = "email"
+    idempotent = False
+
+    def __init__(self, ctx: DriverContext, *, tls_context: ssl.SSLContext | None = None) -> None:
+        self._ctx = ctx
+        self._tls_context = tls_context
 
     async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
-        settings = self._settings
-        email = build_email(message, recipient, delivery, settings, self._clock)
-        message_id = str(email["Message-ID"])
-        if settings.smtp_host is None:
-            outgoing = OutboxMessage(
-                channel=delivery.channel,
-                to=recipient,
-                subject=message.subject,
-                text=message.text,
-                message_id=message_id,
-                queued_at=self._clock.now(),
-                incident_id=delivery.incident_id,
-                reason="no SMTP server configured (CLARION_SMTP_HOST)",
-            )
-            await queue_message(self._redis, outgoing)
-            return Sent(message_id)
+        settings = self._ctx.settings
+        if not settings.smtp_host:
+            return NotConfigured(NO_SMTP)
+        if settings.smtp_tls and settings.smtp_starttls:
+            return Permanent("CLARION_SMTP_TLS and CLARION_SMTP_STARTTLS exclude each other")
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        username = settings.smtp_username or None
+        if username and not password:
+            return NotConfigured("CLARION_SMTP_USERNAME is set but CLARION_SMTP_PASSWORD is not")
+        prepared = await prepare(self._ctx, message, recipient, delivery)
+        if not isinstance(prepared, OutgoingEmail):
+            return prepared
         try:
             await aiosmtplib.send(
-                email,
+                prepared.mime(),
+                recipients=[prepared.recipient],
                 hostname=settings.smtp_host,
                 port=settings.smtp_port,
-                username=settings.smtp_username,
-                password=password,
+                username=username,
+                password=password if username else None,
                 use_tls=settings.smtp_tls,
                 start_tls=settings.smtp_starttls,
                 timeout=settings.smtp_timeout_seconds,
+                tls_context=self._tls_context,
             )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return classify_smtp_error(exc)
-        return Sent(message_id)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: aiosmtplib refusing its settings (a newline in the host name, ...)
+            return classify_smtp_error(exc, secrets=[password or ""])
+        return Sent(prepared.message_id)

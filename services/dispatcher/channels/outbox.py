@@ -1,8 +1,9 @@
-"""The local outbox as a channel: what a channel without a configured driver would send.
+"""The local outbox: where a channel without credentials delivers.
 
 Until a channel's provider is configured, its messages are kept in the local
-outbox (``clarion outbox``) and the delivery log says so in the provider id
-(``outbox:<entry id>``), so the system works end to end with zero setup.
+outbox (``clarion outbox``) and the delivery log says so, with the provider id
+``outbox:<entry id>`` and a note naming what to configure, so the system works
+end to end with zero setup.
 """
 
 from __future__ import annotations
@@ -18,23 +19,22 @@ from services.dispatcher.rendering.messages import RenderedMessage
 from shared.clock import Clock
 
 
-class OutboxChannel:
-    def __init__(self, redis: Redis, clock: Clock, reason: str) -> None:
+class OutboxWriter:
+    def __init__(self, redis: Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
-        self._reason = reason
 
-    async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
+    async def keep(self, message: RenderedMessage, delivery: Delivery, reason: str) -> Outcome:
         outgoing = OutboxMessage(
             channel=delivery.channel,
-            to=recipient,
+            to=delivery.recipient,
             subject=message.title,
             text=message.text,
             message_id=delivery.delivery_id,
             queued_at=self._clock.now(),
             incident_id=delivery.incident_id,
             payload=dict(message.payload) if message.payload is not None else None,
-            reason=self._reason,
+            reason=reason,
         )
         try:
             entry_id = await queue_message(self._redis, outgoing)

@@ -1,4 +1,4 @@
-"""How one send ended: sent, worth retrying, or hopeless."""
+"""How one send ended: sent, worth retrying, hopeless, or not configured at all."""
 
 from __future__ import annotations
 
@@ -22,4 +22,11 @@ class Permanent:
     error: str
 
 
-Outcome = Sent | Retryable | Permanent
+@dataclass(frozen=True)
+class NotConfigured:
+    """The channel has no credentials for this recipient: the message goes to the outbox."""
+
+    reason: str
+
+
+Outcome = Sent | Retryable | Permanent | NotConfigured

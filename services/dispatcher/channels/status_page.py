@@ -1,11 +1,18 @@
-"""Status page: post the update to the built-in status page store."""
+"""Status page: the built-in page (the default), Atlassian Statuspage or Cachet.
+
+:func:`build_status_page_channel` picks the driver by ``CLARION_STATUS_PAGE_PROVIDER``.
+"""
 
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.dispatcher.channels import Channel
+from services.dispatcher.channels.cachet import CachetChannel
+from services.dispatcher.channels.context import DriverContext
 from services.dispatcher.channels.outcome import Outcome, Permanent, Retryable, Sent
+from services.dispatcher.channels.statuspage_io import StatuspageIoChannel
 from services.dispatcher.fanout import Delivery
 from services.dispatcher.rendering.messages import RenderedMessage
 from services.dispatcher.status_page_store import StatusPageStore, StatusPageUpdate, state_for
@@ -13,6 +20,8 @@ from services.dispatcher.status_page_store import StatusPageStore, StatusPageUpd
 
 class StatusPageChannel:
     name = "status_page"
+    # The store keeps one field per delivery id (HSETNX): posting a delivery twice is a no-op.
+    idempotent = True
 
     def __init__(self, store: StatusPageStore) -> None:
         self._store = store
@@ -33,3 +42,13 @@ class StatusPageChannel:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             return Retryable(f"{type(exc).__name__}: {exc}")
         return Sent(delivery.delivery_id)
+
+
+def build_status_page_channel(ctx: DriverContext) -> Channel:
+    """The status page driver ``settings.status_page_provider`` names (built-in by default)."""
+    provider = ctx.settings.status_page_provider
+    if provider == "statuspage":
+        return StatuspageIoChannel(ctx)
+    if provider == "cachet":
+        return CachetChannel(ctx)
+    return StatusPageChannel(StatusPageStore(ctx.redis))

@@ -1,0 +1,163 @@
+"""Each delivery's state in Redis: the exactly-once guard of every send.
+
+A delivery (one event, one channel, one recipient) has one hash,
+``clarion:delivery:<delivery_id>``, holding its state and, while a worker sends
+it, that worker's lease:
+
+* ``""`` (absent): never attempted; a first job may claim it;
+* ``retry:N``: attempt N is scheduled; only the job carrying ``expects=retry:N`` may claim it;
+* ``dead``: retries ran out; only a replay moves it on (to ``retry:N``);
+* ``done``: sent, failed for good, or suppressed; nothing ever sends it again.
+
+Claiming takes a lease (from Redis ``TIME``, so skewed hosts agree). A lease that
+runs out means its worker died mid-attempt: the next claim says so
+(``interrupted``), because the provider may already have received that send.
+Every transition and what goes with it (a scheduled retry, a dead letter, a
+replayed job) is one Lua script, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from redis.asyncio import Redis
+
+from shared.redis_values import DATA_FIELD, as_text
+from shared.streams import DEAD_LETTERS, RETRY_DUE, RETRY_ITEMS, delivery_state_key
+
+DONE: Final = "done"
+DEAD: Final = "dead"
+
+
+def retry_state(attempt: int) -> str:
+    return f"retry:{attempt}"
+
+
+# KEYS: state hash. ARGV: owner, expected state, lease ms, retention s.
+_CLAIM: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+if state == 'done' then return {'done', 0, state} end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '0')
+  if lease > now then return {'busy', 0, state} end
+end
+if state ~= ARGV[2] then return {'stale', 0, state} end
+local interrupted = 0
+if owner then interrupted = 1 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'claimed', interrupted, state}
+"""
+
+# KEYS: state hash, retry zset, retry items hash, dead-letter stream.
+# ARGV: owner, new state, retention s, retry member, retry score ms, retry item JSON,
+#       dead letter JSON ('' for none of those).
+# Returns 0 when the lease was lost (another worker holds the delivery now).
+_FINISH: Final = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner', 'lease')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[6])
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[4], '*', ARGV[8], ARGV[7])
+end
+return 1
+"""
+
+# KEYS: state hash, the channel's job stream.
+# ARGV: new state, retention s, field, job JSON. Only a dead delivery with no live lease moves.
+_REPLAY: Final = """
+if (redis.call('HGET', KEYS[1], 'state') or '') ~= 'dead' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'owner') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4])
+return 1
+"""
+
+
+class ClaimKind(StrEnum):
+    CLAIMED = "claimed"  # this worker owns the attempt
+    DONE = "done"  # finished before: do nothing
+    BUSY = "busy"  # another worker is on it right now: look again later
+    STALE = "stale"  # another job owns the delivery (a retry is scheduled, or it is dead)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    kind: ClaimKind
+    interrupted: bool  # a previous claim ended without finishing: its send may have happened
+    state: str  # the state found
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Put this job JSON back on its stream at ``due_ms`` (through the scheduler)."""
+
+    member: str
+    due_ms: int
+    item_json: str
+
+
+class DeliveryStates:
+    def __init__(self, redis: Redis, lease_ms: int, retention_seconds: int) -> None:
+        self._redis = redis
+        self._lease_ms = lease_ms
+        self._retention = retention_seconds
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._replay = redis.register_script(_REPLAY)
+
+    async def claim(self, delivery_id: str, owner: str, expects: str) -> ClaimResult:
+        kind, interrupted, state = await self._claim(
+            keys=[delivery_state_key(delivery_id)],
+            args=[owner, expects, self._lease_ms, self._retention],
+        )
+        return ClaimResult(ClaimKind(as_text(kind)), bool(int(interrupted)), as_text(state))
+
+    async def finish(
+        self,
+        delivery_id: str,
+        owner: str,
+        state: str,
+        *,
+        retry: Retry | None = None,
+        dead_letter_json: str = "",
+    ) -> bool:
+        """Move a claimed delivery to ``state`` with its retry or dead letter; False if the
+        lease was lost meanwhile (the other worker's outcome stands)."""
+        done = await self._finish(
+            keys=[delivery_state_key(delivery_id), RETRY_DUE, RETRY_ITEMS, DEAD_LETTERS],
+            args=[
+                owner,
+                state,
+                self._retention,
+                retry.member if retry else "",
+                retry.due_ms if retry else 0,
+                retry.item_json if retry else "",
+                dead_letter_json,
+                DATA_FIELD,
+            ],
+        )
+        return bool(done)
+
+    async def replay(self, delivery_id: str, attempt: int, stream: str, job_json: str) -> bool:
+        """Move a dead delivery to ``retry:attempt`` and queue its job now; False if not dead."""
+        done = await self._replay(
+            keys=[delivery_state_key(delivery_id), stream],
+            args=[retry_state(attempt), self._retention, DATA_FIELD, job_json],
+        )
+        return bool(done)
+
+    async def state(self, delivery_id: str) -> str:
+        value = await self._redis.hget(delivery_state_key(delivery_id), "state")
+        return "" if value is None else as_text(value)

@@ -1,0 +1,344 @@
+"""The send stage: one delivery job, one attempt, one recorded outcome.
+
+Stages, in order: claim the delivery (exactly once) -> suppress? -> rate limit ->
+send through the channel's driver -> record, and on a retryable failure schedule
+the next attempt (or dead-letter it). Nothing here waits: a rate-limited or failed
+delivery is put back on the scheduler's timeline and the worker moves on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from redis.asyncio import Redis
+
+from services.dispatcher.channels import Channel
+from services.dispatcher.channels.outbox import OutboxWriter
+from services.dispatcher.channels.outcome import NotConfigured, Outcome, Permanent, Retryable, Sent
+from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_state import (
+    DEAD,
+    DONE,
+    ClaimKind,
+    ClaimResult,
+    DeliveryStates,
+    Retry,
+    retry_state,
+)
+from services.dispatcher.dispatch_record import DispatchRecords, RenderProblem
+from services.dispatcher.fanout import SUPPRESSED_RESOLVED, Delivery, idempotency_key
+from services.dispatcher.rate_limits import RateLimits
+from services.dispatcher.rendering.messages import RenderedMessage
+from services.dispatcher.retry_policy import RetryPolicy
+from shared.clock import Clock
+from shared.contracts import (
+    DeadLetter,
+    DeliveryJob,
+    DeliveryRecorded,
+    DeliveryStatus,
+    Incident,
+    ScheduledDelivery,
+    UpdateDue,
+)
+from shared.errors import RetryableFailure
+from shared.incidents import load_incident
+from shared.logs import bound, get_logger
+from shared.plan import ChannelName
+from shared.redaction import redact_text
+from shared.streams import DISPATCHER_GROUP, delivery_stream
+
+EXPIRED: Final = "the rendered message has expired (older than CLARION_IDEMPOTENCY_RETENTION)"
+INTERRUPTED: Final = "an earlier attempt was interrupted mid-send"
+
+log = get_logger("clarion.dispatcher.worker")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What an attempt that reached the provider adds to its record."""
+
+    latency_ms: float | None = None
+    note: str | None = None
+    possible_duplicate: bool = False
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        redis: Redis,
+        clock: Clock,
+        channels: Mapping[str, Channel],
+        *,
+        owner: str,
+        states: DeliveryStates,
+        records: DispatchRecords,
+        limits: RateLimits,
+        policy: RetryPolicy,
+        delivery_log: DeliveryLog,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._channels = channels
+        self._owner = owner
+        self._states = states
+        self._records = records
+        self._limits = limits
+        self._policy = policy
+        self._log = delivery_log
+        self._outbox = OutboxWriter(redis, clock)
+        self._uniform = uniform
+
+    async def deliver(self, job: DeliveryJob) -> None:
+        """Make this job's attempt, unless another job owns the delivery. Raises
+        :class:`RetryableFailure` only while another worker holds it (look again later)."""
+        with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
+            claim = await self._states.claim(job.delivery_id, self._owner, job.expects)
+            if claim.kind is ClaimKind.BUSY:
+                raise RetryableFailure(f"delivery {job.delivery_id} is being sent elsewhere")
+            if claim.kind is not ClaimKind.CLAIMED:
+                log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
+                return
+            await self._attempt(job, claim)
+
+    async def give_up(self, job: DeliveryJob, error: str) -> None:
+        """The job itself kept failing (not the provider): record it DEAD. Its entry is in
+        dead letters; replaying it queues the job again."""
+        with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
+            now = self._clock.now()
+            await self._record(
+                job, DeliveryStatus.DEAD, now, error=f"the delivery job kept failing: {error}"
+            )
+
+    async def _attempt(self, job: DeliveryJob, claim: ClaimResult) -> None:
+        started = self._clock.now()
+        reason = job.suppressed_reason or await self._suppression(job)
+        if reason is not None:
+            await self._final(job, DeliveryStatus.SUPPRESSED, started, error=reason)
+            return
+        loaded = await self._records.load(job.event_id, job.audience, job.channel)
+        if loaded is None:
+            await self._final(job, DeliveryStatus.FAILED, started, error=EXPIRED)
+            return
+        incident, rendering = loaded
+        if isinstance(rendering, RenderProblem):
+            await self._final(job, DeliveryStatus.FAILED, started, error=rendering.error)
+            return
+        wait = await self._limits.acquire(job.channel, job.recipient)
+        if wait is not None:
+            await self._defer(job, started, wait)
+            return
+        channel = self._channels.get(job.channel)
+        delivery = _delivery(job, incident)
+        clock_start = time.perf_counter()
+        outcome, note = await self._send(channel, rendering, delivery)
+        latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
+        duplicate = claim.interrupted and not (channel is not None and channel.idempotent)
+        if claim.interrupted:
+            extra = (
+                "; the provider may have received it twice"
+                if duplicate
+                else "; the provider drops repeats of our idempotency key"
+            )
+            note = f"{note}; {INTERRUPTED}{extra}" if note else f"{INTERRUPTED}{extra}"
+        facts = _Facts(latency_ms=latency_ms, note=note, possible_duplicate=duplicate)
+        match outcome:
+            case Sent(provider_id=provider_id):
+                await self._final(
+                    job,
+                    DeliveryStatus.SENT,
+                    started,
+                    provider_id=provider_id,
+                    shortened=rendering.shortened,
+                    facts=facts,
+                )
+            case Permanent(error=error):
+                await self._final(job, DeliveryStatus.FAILED, started, error=error, facts=facts)
+            case Retryable(error=error, retry_after=retry_after):
+                await self._failed_for_now(job, started, error, retry_after, facts)
+            case NotConfigured():  # the outbox itself never answers "not configured"
+                raise AssertionError("unreachable")
+
+    async def _send(
+        self, channel: Channel | None, message: RenderedMessage, delivery: Delivery
+    ) -> tuple[Outcome, str | None]:
+        if channel is None:
+            return Permanent(f"no driver for channel {delivery.channel!r}"), None
+        try:
+            outcome = await channel.send(message, delivery.recipient, delivery)
+        except Exception as exc:  # an unclassified driver failure: retry, then dead-letter
+            log.exception("delivery.driver_error")
+            return Retryable(f"{type(exc).__name__}: {exc}"), None
+        if isinstance(outcome, NotConfigured):
+            kept = await self._outbox.keep(message, delivery, outcome.reason)
+            return kept, f"{outcome.reason}: kept in the local outbox (clarion outbox)"
+        return outcome, None
+
+    async def _suppression(self, job: DeliveryJob) -> str | None:
+        """A scheduled update is not sent once its incident has resolved."""
+        if job.event_type != UpdateDue.model_fields["type"].default:
+            return None
+        incident = await load_incident(self._redis, job.incident_id)
+        if incident is not None and not incident.is_open:
+            return SUPPRESSED_RESOLVED
+        return None
+
+    async def _defer(self, job: DeliveryJob, started: datetime, wait: timedelta) -> None:
+        """Over a rate limit: the same attempt, later. Not a failure, not counted."""
+        again = job.model_copy(update={"expects": retry_state(job.attempt)})
+        due = self._clock.now() + wait
+        await self._finish(job, retry_state(job.attempt), retry=self._retry(again, due))
+        await self._record(
+            job,
+            DeliveryStatus.QUEUED,
+            started,
+            note=f"rate limited on {job.channel}: sending at {due.isoformat()}",
+            next_attempt_at=due,
+        )
+
+    async def _failed_for_now(
+        self,
+        job: DeliveryJob,
+        started: datetime,
+        error: str,
+        retry_after: timedelta | None,
+        facts: _Facts,
+    ) -> None:
+        if job.attempt >= job.last_attempt:
+            dead = DeadLetter(
+                kind="delivery",
+                stream=delivery_stream(job.channel),
+                group=DISPATCHER_GROUP,
+                reason="retries_exhausted",
+                error=redact_text(error),
+                payload=job.model_dump_json(),
+                dead_at=self._clock.now(),
+                delivery_id=job.delivery_id,
+                incident_id=job.incident_id,
+                channel=job.channel,
+                attempt=job.attempt,
+            )
+            await self._finish(job, DEAD, dead_letter_json=dead.model_dump_json())
+            await self._record(
+                job,
+                DeliveryStatus.DEAD,
+                started,
+                error=f"{error} (attempt {job.attempt} of {job.last_attempt}; "
+                "replay with clarion dead-letters replay)",
+                facts=facts,
+            )
+            return
+        delay = self._policy.delay(job.attempt, retry_after, self._uniform)
+        due = self._clock.now() + delay
+        following = job.model_copy(
+            update={"attempt": job.attempt + 1, "expects": retry_state(job.attempt + 1)}
+        )
+        await self._finish(job, following.expects, retry=self._retry(following, due))
+        await self._record(
+            job,
+            DeliveryStatus.RETRYING,
+            started,
+            error=error,
+            next_attempt_at=due,
+            facts=facts,
+        )
+
+    def _retry(self, job: DeliveryJob, due: datetime) -> Retry:
+        item = ScheduledDelivery(incident_id=job.incident_id, due_at=due, job=job)
+        return Retry(
+            member=job.delivery_id,
+            due_ms=int(due.timestamp() * 1000),
+            item_json=item.model_dump_json(),
+        )
+
+    async def _final(
+        self,
+        job: DeliveryJob,
+        status: DeliveryStatus,
+        started: datetime,
+        *,
+        error: str | None = None,
+        provider_id: str | None = None,
+        shortened: bool = False,
+        facts: _Facts | None = None,
+    ) -> None:
+        await self._finish(job, DONE)
+        await self._record(
+            job,
+            status,
+            started,
+            error=error,
+            provider_id=provider_id,
+            shortened=shortened,
+            facts=facts,
+        )
+
+    async def _finish(
+        self,
+        job: DeliveryJob,
+        state: str,
+        *,
+        retry: Retry | None = None,
+        dead_letter_json: str = "",
+    ) -> None:
+        kept = await self._states.finish(
+            job.delivery_id, self._owner, state, retry=retry, dead_letter_json=dead_letter_json
+        )
+        if not kept:  # our lease ran out mid-attempt and another worker took over
+            log.warning("delivery.lease_lost", attempt=job.attempt, state=state)
+
+    async def _record(
+        self,
+        job: DeliveryJob,
+        status: DeliveryStatus,
+        started: datetime,
+        *,
+        error: str | None = None,
+        provider_id: str | None = None,
+        shortened: bool = False,
+        note: str | None = None,
+        next_attempt_at: datetime | None = None,
+        facts: _Facts | None = None,
+    ) -> None:
+        facts = facts or _Facts()
+        await self._log.record(
+            DeliveryRecorded(
+                delivery_id=job.delivery_id,
+                incident_id=job.incident_id,
+                event_id=job.event_id,
+                channel=job.channel,
+                recipient=job.recipient,
+                status=status,
+                attempt=job.attempt,
+                audience=job.audience,
+                error=error,
+                provider_message_id=provider_id,
+                shortened=shortened,
+                started_at=started,
+                recorded_at=self._clock.now(),
+                latency_ms=facts.latency_ms,
+                note=note or facts.note,
+                possible_duplicate=facts.possible_duplicate,
+                next_attempt_at=next_attempt_at,
+            )
+        )
+
+
+def _delivery(job: DeliveryJob, incident: Incident) -> Delivery:
+    return Delivery(
+        delivery_id=job.delivery_id,
+        idempotency_key=idempotency_key(job.event_id, job.channel, job.recipient),
+        event_id=job.event_id,
+        incident_id=job.incident_id,
+        channel=ChannelName(job.channel),
+        recipient=job.recipient,
+        audience=job.audience,
+        occurred_at=job.occurred_at,
+        incident=incident,
+        public=job.public,
+    )
