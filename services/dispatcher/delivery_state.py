@@ -40,28 +40,31 @@ _CLAIM: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state') or ''
-if state == 'done' then return {'done', 0, state} end
+if state == 'done' then return {'done', 0, state, 0} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '0')
-  if lease > now then return {'busy', 0, state} end
+  if lease > now then return {'busy', 0, state, 0} end
 end
-if state ~= ARGV[2] then return {'stale', 0, state} end
+if state ~= ARGV[2] then return {'stale', 0, state, 0} end
 local interrupted = 0
 if owner then interrupted = 1 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[3]))
+local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {'claimed', interrupted, state}
+return {'claimed', interrupted, state, tries}
 """
 
 # KEYS: state hash, retry zset, retry items hash, dead-letter stream.
 # ARGV: owner, new state, retention s, retry member, retry score ms, retry item JSON,
-#       dead letter JSON ('' for none of those).
+#       dead letter JSON ('' for none of those), data field, uncount ('1': the claim
+#       made no attempt, e.g. a rate limit deferred it).
 # Returns 0 when the lease was lost (another worker holds the delivery now).
 _FINISH: Final = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('HDEL', KEYS[1], 'owner', 'lease')
+if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'tries', -1) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
@@ -97,6 +100,7 @@ class ClaimResult:
     kind: ClaimKind
     interrupted: bool  # a previous claim ended without finishing: its send may have happened
     state: str  # the state found
+    tries: int = 0  # when claimed: the number of this try, counting interrupted ones
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,13 @@ class DeliveryStates:
         self._replay = redis.register_script(_REPLAY)
 
     async def claim(self, delivery_id: str, owner: str, expects: str) -> ClaimResult:
-        kind, interrupted, state = await self._claim(
+        kind, interrupted, state, tries = await self._claim(
             keys=[delivery_state_key(delivery_id)],
             args=[owner, expects, self._lease_ms, self._retention],
         )
-        return ClaimResult(ClaimKind(as_text(kind)), bool(int(interrupted)), as_text(state))
+        return ClaimResult(
+            ClaimKind(as_text(kind)), bool(int(interrupted)), as_text(state), int(tries)
+        )
 
     async def finish(
         self,
@@ -132,6 +138,7 @@ class DeliveryStates:
         *,
         retry: Retry | None = None,
         dead_letter_json: str = "",
+        attempted: bool = True,
     ) -> bool:
         """Move a claimed delivery to ``state`` with its retry or dead letter; False if the
         lease was lost meanwhile (the other worker's outcome stands)."""
@@ -146,6 +153,7 @@ class DeliveryStates:
                 retry.item_json if retry else "",
                 dead_letter_json,
                 DATA_FIELD,
+                "" if attempted else "1",
             ],
         )
         return bool(done)

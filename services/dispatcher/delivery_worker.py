@@ -112,26 +112,31 @@ class DeliveryWorker:
         with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
             now = self._clock.now()
             await self._record(
-                job, DeliveryStatus.DEAD, now, error=f"the delivery job kept failing: {error}"
+                job,
+                DeliveryStatus.DEAD,
+                now,
+                job.attempt,
+                error=f"the delivery job kept failing: {error}",
             )
 
     async def _attempt(self, job: DeliveryJob, claim: ClaimResult) -> None:
         started = self._clock.now()
+        tries = max(claim.tries, job.attempt)  # counts tries a crash interrupted
         reason = job.suppressed_reason or await self._suppression(job)
         if reason is not None:
-            await self._final(job, DeliveryStatus.SUPPRESSED, started, error=reason)
+            await self._final(job, DeliveryStatus.SUPPRESSED, started, tries, error=reason)
             return
         loaded = await self._records.load(job.event_id, job.audience, job.channel)
         if loaded is None:
-            await self._final(job, DeliveryStatus.FAILED, started, error=EXPIRED)
+            await self._final(job, DeliveryStatus.FAILED, started, tries, error=EXPIRED)
             return
         incident, rendering = loaded
         if isinstance(rendering, RenderProblem):
-            await self._final(job, DeliveryStatus.FAILED, started, error=rendering.error)
+            await self._final(job, DeliveryStatus.FAILED, started, tries, error=rendering.error)
             return
         wait = await self._limits.acquire(job.channel, job.recipient)
         if wait is not None:
-            await self._defer(job, started, wait)
+            await self._defer(job, started, tries - 1, wait)
             return
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
@@ -153,14 +158,17 @@ class DeliveryWorker:
                     job,
                     DeliveryStatus.SENT,
                     started,
+                    tries,
                     provider_id=provider_id,
                     shortened=rendering.shortened,
                     facts=facts,
                 )
             case Permanent(error=error):
-                await self._final(job, DeliveryStatus.FAILED, started, error=error, facts=facts)
-            case Retryable(error=error, retry_after=retry_after):
-                await self._failed_for_now(job, started, error, retry_after, facts)
+                await self._final(
+                    job, DeliveryStatus.FAILED, started, tries, error=error, facts=facts
+                )
+            case Retryable():
+                await self._failed_for_now(job, started, tries, outcome, facts)
             case NotConfigured():  # the outbox itself never answers "not configured"
                 raise AssertionError("unreachable")
 
@@ -188,15 +196,20 @@ class DeliveryWorker:
             return SUPPRESSED_RESOLVED
         return None
 
-    async def _defer(self, job: DeliveryJob, started: datetime, wait: timedelta) -> None:
+    async def _defer(
+        self, job: DeliveryJob, started: datetime, tries: int, wait: timedelta
+    ) -> None:
         """Over a rate limit: the same attempt, later. Not a failure, not counted."""
         again = job.model_copy(update={"expects": retry_state(job.attempt)})
         due = self._clock.now() + wait
-        await self._finish(job, retry_state(job.attempt), retry=self._retry(again, due))
+        await self._finish(
+            job, retry_state(job.attempt), retry=self._retry(again, due), attempted=False
+        )
         await self._record(
             job,
             DeliveryStatus.QUEUED,
             started,
+            max(tries, 1),
             note=f"rate limited on {job.channel}: sending at {due.isoformat()}",
             next_attempt_at=due,
         )
@@ -205,10 +218,11 @@ class DeliveryWorker:
         self,
         job: DeliveryJob,
         started: datetime,
-        error: str,
-        retry_after: timedelta | None,
+        tries: int,
+        failure: Retryable,
         facts: _Facts,
     ) -> None:
+        error, retry_after = failure.error, failure.retry_after
         if job.attempt >= job.last_attempt:
             dead = DeadLetter(
                 kind="delivery",
@@ -228,6 +242,7 @@ class DeliveryWorker:
                 job,
                 DeliveryStatus.DEAD,
                 started,
+                tries,
                 error=f"{error} (attempt {job.attempt} of {job.last_attempt}; "
                 "replay with clarion dead-letters replay)",
                 facts=facts,
@@ -243,6 +258,7 @@ class DeliveryWorker:
             job,
             DeliveryStatus.RETRYING,
             started,
+            tries,
             error=error,
             next_attempt_at=due,
             facts=facts,
@@ -261,6 +277,7 @@ class DeliveryWorker:
         job: DeliveryJob,
         status: DeliveryStatus,
         started: datetime,
+        tries: int,
         *,
         error: str | None = None,
         provider_id: str | None = None,
@@ -272,6 +289,7 @@ class DeliveryWorker:
             job,
             status,
             started,
+            tries,
             error=error,
             provider_id=provider_id,
             shortened=shortened,
@@ -285,9 +303,15 @@ class DeliveryWorker:
         *,
         retry: Retry | None = None,
         dead_letter_json: str = "",
+        attempted: bool = True,
     ) -> None:
         kept = await self._states.finish(
-            job.delivery_id, self._owner, state, retry=retry, dead_letter_json=dead_letter_json
+            job.delivery_id,
+            self._owner,
+            state,
+            retry=retry,
+            dead_letter_json=dead_letter_json,
+            attempted=attempted,
         )
         if not kept:  # our lease ran out mid-attempt and another worker took over
             log.warning("delivery.lease_lost", attempt=job.attempt, state=state)
@@ -297,6 +321,7 @@ class DeliveryWorker:
         job: DeliveryJob,
         status: DeliveryStatus,
         started: datetime,
+        attempt: int,
         *,
         error: str | None = None,
         provider_id: str | None = None,
@@ -314,7 +339,7 @@ class DeliveryWorker:
                 channel=job.channel,
                 recipient=job.recipient,
                 status=status,
-                attempt=job.attempt,
+                attempt=attempt,
                 audience=job.audience,
                 error=error,
                 provider_message_id=provider_id,

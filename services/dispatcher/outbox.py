@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from shared.redis_values import DATA_FIELD, as_text, data_entries
 from shared.streams import OUTBOX
 
-OUTBOX_MAXLEN: Final = 10_000
+OUTBOX_MAXLEN: Final = 100_000
 
 
 class OutboxMessage(BaseModel):

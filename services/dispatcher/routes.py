@@ -77,16 +77,6 @@ async def readyz(state: State) -> dict[str, str] | JSONResponse:
     return {"status": "ready"}
 
 
-@ops.get("/deliveries")
-async def deliveries(
-    state: State,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    incident_id: Annotated[str | None, Query(max_length=200)] = None,
-) -> list[dict[str, Any]]:
-    records = await state.delivery_log.recent(limit, incident_id=incident_id)
-    return [dump(record) for record in records]
-
-
 @ops.get("/incidents")
 async def incidents(
     state: State, limit: Annotated[int, Query(ge=1, le=1000)] = 50

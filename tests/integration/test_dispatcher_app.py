@@ -13,6 +13,7 @@ from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from services.dispatcher.app import create_app
+from services.scheduler.retry_due import retry_firer, retry_schedule
 from shared.clock import ManualClock
 from shared.contracts import IncidentOpened, Severity
 from shared.plan import PlanError
@@ -108,7 +109,7 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
 
     deliveries = await client.get("/v1/deliveries", headers=auth())
     assert deliveries.status_code == 200
-    records = deliveries.json()
+    records = deliveries.json()["deliveries"]
     assert {(r["channel"], r["recipient"], r["status"], r["audience"]) for r in records} == {
         ("email", "a***@example.com", "sent", "customers"),
         ("status_page", "status-page", "sent", "customers"),
@@ -119,19 +120,24 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
     filtered = await client.get(
         "/v1/deliveries", params={"incident_id": "other", "limit": 5}, headers=auth()
     )
-    assert filtered.json() == []
+    assert filtered.json()["deliveries"] == []
     limited = await client.get("/v1/deliveries", params={"limit": 1}, headers=auth())
-    assert len(limited.json()) == 1
+    assert len(limited.json()["deliveries"]) == 1
 
 
-async def test_temporary_smtp_failure_is_reclaimed_and_retried(
+async def test_temporary_smtp_failure_is_retried_when_the_scheduler_says_it_is_due(
     client: httpx.AsyncClient, redis: Redis, redis_url: str, smtp_server: SmtpServer
 ) -> None:
     held, release = smtp_server.hold_next()  # the first DATA is held, then refused with 451
     await publish_opened(redis_url)
     assert await asyncio.to_thread(held.wait, 20.0)
     release.set()
+    await wait_for_entries(redis, DELIVERY_LOG, 2, within=20.0)  # retrying + status page
+    assert smtp_server.mailbox.messages == []  # nothing resent before it is due
 
+    # The scheduler's retry timer, an hour later: the job goes back on the email stream.
+    later = ManualClock(NOW + timedelta(hours=1))
+    assert await retry_firer(retry_schedule(redis), redis, later, timedelta(seconds=30)).run_once()
     [message] = await asyncio.to_thread(
         smtp_server.mailbox.wait_for, lambda messages: len(messages) >= 1
     )
@@ -139,8 +145,11 @@ async def test_temporary_smtp_failure_is_reclaimed_and_retried(
 
     assert message["Subject"] == f"Investigating: {CUSTOMER_TITLE}"
     response = await client.get("/v1/deliveries", params={"incident_id": "inc-42"}, headers=auth())
-    emails = [(r["status"], r["attempt"]) for r in response.json() if r["channel"] == "email"]
+    records = response.json()["deliveries"]
+    emails = [(r["status"], r["attempt"]) for r in records if r["channel"] == "email"]
     assert emails == [("sent", 2), ("retrying", 1)]
+    retrying = next(r for r in records if r["status"] == "retrying")
+    assert retrying["next_attempt_at"] > NOW.isoformat()
 
 
 async def test_nothing_open_shows_all_systems_operational(client: httpx.AsyncClient) -> None:
@@ -203,7 +212,7 @@ async def test_without_ops_token_ops_endpoints_are_open(
         response = await http.get("/v1/deliveries")
         approvals = await http.get("/v1/approvals")
     assert response.status_code == 200
-    assert response.json() == []
+    assert response.json()["deliveries"] == []
     assert approvals.status_code == 200
     assert approvals.json() == []
 
