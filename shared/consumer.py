@@ -84,7 +84,7 @@ class GuardedConsumer(Generic[T]):
     handle: Callable[[T, StreamEntry], Awaitable[None]]
     max_deliveries: int
     on_dead: Callable[[T, StreamEntry, str], Awaitable[None]] | None = None
-    max_workers: int = 1  # entries handled at once by each of the two subscribers
+    max_workers: int = 1  # new entries handled at once (reclaimed ones: one at a time)
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -152,12 +152,13 @@ class GuardedConsumer(Generic[T]):
             await self.process(msg.body, _entry(msg, self.group, delivery_count=count))
 
         workers = self.max_workers if self.max_workers > 1 else None
-        broker.subscriber(
-            stream=reader, title=f"{self.stream}:{self.group}", max_workers=workers
-        )(on_new)
-        broker.subscriber(
-            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", max_workers=workers
-        )(on_reclaimed)
+        broker.subscriber(stream=reader, title=f"{self.stream}:{self.group}", max_workers=workers)(
+            on_new
+        )
+        # Reclaims are rare (a crash, a failing handler): one at a time is enough.
+        broker.subscriber(stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim")(
+            on_reclaimed
+        )
 
 
 def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:

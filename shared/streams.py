@@ -64,7 +64,6 @@ REPLAYED_DEAD_LETTERS: Final = f"{PREFIX}:dead-letters:replayed"
 PENDING_APPROVALS: Final = f"{PREFIX}:approvals:pending"
 REJECTIONS: Final = f"{PREFIX}:ingest:rejections"
 SCHEDULER_HEARTBEAT: Final = f"{PREFIX}:scheduler:heartbeat"
-IDEMPOTENCY_KEY: Final = f"{PREFIX}:idempotency:{{key}}"
 LAST_ERROR: Final = f"{PREFIX}:last-error:{{stream}}:{{group}}"
 STATUS_PAGE_INCIDENT: Final = f"{PREFIX}:statuspage:incident:{{incident_id}}"
 STATUS_PAGE_INDEX: Final = f"{PREFIX}:statuspage:incidents"
@@ -76,10 +75,6 @@ def incident_key(incident_id: str) -> str:
 
 def open_incident_key(group: str) -> str:
     return OPEN_INCIDENT_BY_GROUP.format(group=group)
-
-
-def idempotency_key(key: str) -> str:
-    return IDEMPOTENCY_KEY.format(key=key)
 
 
 def last_error_key(stream: str, group: str) -> str:

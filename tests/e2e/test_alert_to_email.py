@@ -91,7 +91,11 @@ async def test_an_alert_flows_from_webhook_to_email_status_page_and_delivery_log
             r = await client.get(
                 f"{system.dispatcher_url}/v1/deliveries", params={"incident_id": incident_id}
             )
-            return [d for d in r.json() if d["channel"] == "email" and d["status"] == "sent"]
+            return [
+                d
+                for d in r.json()["deliveries"]
+                if d["channel"] == "email" and d["status"] == "sent"
+            ]
 
         sent = await eventually(email_deliveries, what="email deliveries in the log")
         assert {d["recipient"] for d in sent} == {"a***@example.com", "b***@example.org"}
