@@ -206,4 +206,3 @@ async def _replayed(redis: Redis, entry_ids: list[str]) -> dict[str, str]:
         for entry_id, value in zip(entry_ids, values, strict=True)
         if value is not None
     }
-

@@ -8,8 +8,10 @@ delivery is put back on the scheduler's timeline and the worker moves on.
 
 from __future__ import annotations
 
+import math
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,6 +61,14 @@ log = get_logger("clarion.dispatcher.worker")
 
 
 @dataclass(frozen=True)
+class _Turn:
+    """This worker's hold on a delivery: its owner token and the try number."""
+
+    owner: str
+    tries: int
+
+
+@dataclass(frozen=True)
 class _Facts:
     """What an attempt that reached the provider adds to its record."""
 
@@ -98,13 +108,15 @@ class DeliveryWorker:
         """Make this job's attempt, unless another job owns the delivery. Raises
         :class:`RetryableFailure` only while another worker holds it (look again later)."""
         with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
-            claim = await self._states.claim(job.delivery_id, self._owner, job.expects)
+            # One owner token per claim: a reclaim in this same process is another owner.
+            owner = f"{self._owner}/{uuid.uuid4().hex[:12]}"
+            claim = await self._states.claim(job.delivery_id, owner, job.expects)
             if claim.kind is ClaimKind.BUSY:
                 raise RetryableFailure(f"delivery {job.delivery_id} is being sent elsewhere")
             if claim.kind is not ClaimKind.CLAIMED:
                 log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
                 return
-            await self._attempt(job, claim)
+            await self._attempt(job, claim, owner)
 
     async def give_up(self, job: DeliveryJob, error: str) -> None:
         """The job itself kept failing (not the provider): record it DEAD. Its entry is in
@@ -119,24 +131,24 @@ class DeliveryWorker:
                 error=f"the delivery job kept failing: {error}",
             )
 
-    async def _attempt(self, job: DeliveryJob, claim: ClaimResult) -> None:
+    async def _attempt(self, job: DeliveryJob, claim: ClaimResult, owner: str) -> None:
         started = self._clock.now()
-        tries = max(claim.tries, job.attempt)  # counts tries a crash interrupted
+        turn = _Turn(owner, max(claim.tries, job.attempt))  # counts tries a crash interrupted
         reason = job.suppressed_reason or await self._suppression(job)
         if reason is not None:
-            await self._final(job, DeliveryStatus.SUPPRESSED, started, tries, error=reason)
+            await self._final(job, DeliveryStatus.SUPPRESSED, started, turn, error=reason)
             return
         loaded = await self._records.load(job.event_id, job.audience, job.channel)
         if loaded is None:
-            await self._final(job, DeliveryStatus.FAILED, started, tries, error=EXPIRED)
+            await self._final(job, DeliveryStatus.FAILED, started, turn, error=EXPIRED)
             return
         incident, rendering = loaded
         if isinstance(rendering, RenderProblem):
-            await self._final(job, DeliveryStatus.FAILED, started, tries, error=rendering.error)
+            await self._final(job, DeliveryStatus.FAILED, started, turn, error=rendering.error)
             return
         wait = await self._limits.acquire(job.channel, job.recipient)
         if wait is not None:
-            await self._defer(job, started, tries - 1, wait)
+            await self._defer(job, started, turn, wait)
             return
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
@@ -158,17 +170,17 @@ class DeliveryWorker:
                     job,
                     DeliveryStatus.SENT,
                     started,
-                    tries,
+                    turn,
                     provider_id=provider_id,
                     shortened=rendering.shortened,
                     facts=facts,
                 )
             case Permanent(error=error):
                 await self._final(
-                    job, DeliveryStatus.FAILED, started, tries, error=error, facts=facts
+                    job, DeliveryStatus.FAILED, started, turn, error=error, facts=facts
                 )
             case Retryable():
-                await self._failed_for_now(job, started, tries, outcome, facts)
+                await self._failed_for_now(job, started, turn, outcome, facts)
             case NotConfigured():  # the outbox itself never answers "not configured"
                 raise AssertionError("unreachable")
 
@@ -197,19 +209,20 @@ class DeliveryWorker:
         return None
 
     async def _defer(
-        self, job: DeliveryJob, started: datetime, tries: int, wait: timedelta
+        self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta
     ) -> None:
         """Over a rate limit: the same attempt, later. Not a failure, not counted."""
         again = job.model_copy(update={"expects": retry_state(job.attempt)})
         due = self._clock.now() + wait
-        await self._finish(
-            job, retry_state(job.attempt), retry=self._retry(again, due), attempted=False
-        )
+        if not await self._finish(
+            job, turn, retry_state(job.attempt), retry=self._retry(again, due), attempted=False
+        ):
+            return  # another worker owns the delivery now; its record stands
         await self._record(
             job,
             DeliveryStatus.QUEUED,
             started,
-            max(tries, 1),
+            max(turn.tries - 1, 1),
             note=f"rate limited on {job.channel}: sending at {due.isoformat()}",
             next_attempt_at=due,
         )
@@ -218,7 +231,7 @@ class DeliveryWorker:
         self,
         job: DeliveryJob,
         started: datetime,
-        tries: int,
+        turn: _Turn,
         failure: Retryable,
         facts: _Facts,
     ) -> None:
@@ -237,12 +250,13 @@ class DeliveryWorker:
                 channel=job.channel,
                 attempt=job.attempt,
             )
-            await self._finish(job, DEAD, dead_letter_json=dead.model_dump_json())
+            if not await self._finish(job, turn, DEAD, dead_letter_json=dead.model_dump_json()):
+                return  # another worker owns the delivery now; its record stands
             await self._record(
                 job,
                 DeliveryStatus.DEAD,
                 started,
-                tries,
+                turn.tries,
                 error=f"{error} (attempt {job.attempt} of {job.last_attempt}; "
                 "replay with clarion dead-letters replay)",
                 facts=facts,
@@ -253,12 +267,13 @@ class DeliveryWorker:
         following = job.model_copy(
             update={"attempt": job.attempt + 1, "expects": retry_state(job.attempt + 1)}
         )
-        await self._finish(job, following.expects, retry=self._retry(following, due))
+        if not await self._finish(job, turn, following.expects, retry=self._retry(following, due)):
+            return  # another worker owns the delivery now; its record stands
         await self._record(
             job,
             DeliveryStatus.RETRYING,
             started,
-            tries,
+            turn.tries,
             error=error,
             next_attempt_at=due,
             facts=facts,
@@ -268,7 +283,7 @@ class DeliveryWorker:
         item = ScheduledDelivery(incident_id=job.incident_id, due_at=due, job=job)
         return Retry(
             member=job.delivery_id,
-            due_ms=int(due.timestamp() * 1000),
+            due_ms=math.ceil(due.timestamp() * 1000),  # never before the time logged
             item_json=item.model_dump_json(),
         )
 
@@ -277,19 +292,19 @@ class DeliveryWorker:
         job: DeliveryJob,
         status: DeliveryStatus,
         started: datetime,
-        tries: int,
+        turn: _Turn,
         *,
         error: str | None = None,
         provider_id: str | None = None,
         shortened: bool = False,
         facts: _Facts | None = None,
     ) -> None:
-        await self._finish(job, DONE)
+        await self._finish(job, turn, DONE)  # recorded even if the lease was lost: it happened
         await self._record(
             job,
             status,
             started,
-            tries,
+            turn.tries,
             error=error,
             provider_id=provider_id,
             shortened=shortened,
@@ -299,15 +314,16 @@ class DeliveryWorker:
     async def _finish(
         self,
         job: DeliveryJob,
+        turn: _Turn,
         state: str,
         *,
         retry: Retry | None = None,
         dead_letter_json: str = "",
         attempted: bool = True,
-    ) -> None:
+    ) -> bool:
         kept = await self._states.finish(
             job.delivery_id,
-            self._owner,
+            turn.owner,
             state,
             retry=retry,
             dead_letter_json=dead_letter_json,
@@ -315,6 +331,7 @@ class DeliveryWorker:
         )
         if not kept:  # our lease ran out mid-attempt and another worker took over
             log.warning("delivery.lease_lost", attempt=job.attempt, state=state)
+        return kept
 
     async def _record(
         self,

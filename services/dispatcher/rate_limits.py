@@ -23,7 +23,7 @@ from typing import Final
 from limits import RateLimitItem, parse_many
 from redis.asyncio import Redis
 
-from shared.streams import PREFIX
+from shared.streams import DELIVERY_CHANNELS, PREFIX
 
 _KEY: Final = f"{PREFIX}:rate:{{scope}}:{{index}}"
 
@@ -44,7 +44,7 @@ for i, key in ipairs(KEYS) do
   if over > 0 and over > wait then wait = over end
   next_tats[i] = next_tat
 end
-if wait > 0 then return wait end
+if wait > 0 then return math.ceil(wait) end
 for i, key in ipairs(KEYS) do
   redis.call('SET', key, next_tats[i], 'PX', tonumber(ARGV[2 * i]))
 end
@@ -75,7 +75,9 @@ def parse_rate_limits(entries: Iterable[str]) -> dict[str, tuple[Limit, ...]]:
         problem = None
         if not sep or not channel:
             problem = "write <channel>=<limit> or <channel>:recipient=<limit>"
-        elif qualifier not in ("", "recipient"):
+        elif channel not in DELIVERY_CHANNELS:
+            problem = f"{channel!r} is not a channel ({', '.join(DELIVERY_CHANNELS)})"
+        elif qualifier != "recipient" and ":" in scope:
             problem = f"{qualifier!r} is not a scope; only ':recipient' is"
         try:
             items = tuple(parse_many(text)) if not problem else ()

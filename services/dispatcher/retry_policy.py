@@ -39,7 +39,8 @@ class RetryPolicy:
         from its upper half (jitter that still backs off). A ``Retry-After`` is a
         floor: never retry sooner than the provider asked, up to ``retry_after_cap``.
         """
-        ceiling = min(self.cap, self.base * (2 ** max(0, failed_attempt - 1)))
+        doublings = min(max(0, failed_attempt - 1), 32)  # past 2**32 the cap rules anyway
+        ceiling = min(self.cap, self.base * (2**doublings))
         seconds = ceiling.total_seconds()
         backoff = timedelta(seconds=uniform(seconds / 2, seconds))
         if retry_after is not None:

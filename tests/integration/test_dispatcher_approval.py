@@ -19,10 +19,8 @@ from redis.asyncio import Redis
 
 from services.dispatcher.app import create_app
 from services.dispatcher.approvals import ApprovalStore
-from services.dispatcher.channels.registry import default_channels
 from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.outbox import read_outbox
-from services.dispatcher.pipeline import Dispatcher
 from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import ManualClock
 from shared.contracts import (
@@ -34,12 +32,12 @@ from shared.contracts import (
     IncidentOpened,
     Severity,
 )
-from shared.errors import RetryableFailure
 from shared.plan import Plan
 from shared.settings import Settings
-from shared.streams import APPROVALS, DELIVERY_LOG, INCIDENT_EVENTS
+from shared.streams import APPROVALS, DELIVERY_LOG, INCIDENT_EVENTS, fanned_out_key
 from tests.support.asgi import running
 from tests.support.builders import T0, make_incident, make_incident_opened
+from tests.support.dispatching import Pipeline, build_pipeline
 from tests.support.plans import make_plan
 from tests.support.smtp import SmtpServer
 from tests.support.streams import stream_bodies, wait_for_entries
@@ -77,50 +75,52 @@ def opened(severity: Severity = Severity.CRITICAL, event_id: str = "ev-open") ->
     )
 
 
-class RecordedApprovals:
-    """The approvals publisher, recording what the dispatcher publishes."""
+@pytest.fixture
+async def pipelines(
+    redis: Redis, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Callable[..., Pipeline]]:
+    """Builds the dispatcher's stages on ``redis`` for a plan (the approval plan by default)."""
+    built: list[Pipeline] = []
 
-    def __init__(self) -> None:
-        self.published: list[ApprovalRequested | ApprovalGranted] = []
-
-    async def publish_approval(self, event: ApprovalRequested | ApprovalGranted) -> None:
-        self.published.append(event)
-
-
-class Harness:
-    def __init__(self, redis: Redis, settings: Settings, plan: Plan) -> None:
-        self.clock = ManualClock(T0)
-        self.approvals = RecordedApprovals()
-        self.dispatcher = Dispatcher(
-            redis,
-            settings,
-            self.clock,
-            default_channels(settings, redis, self.clock),
-            plan=plan,
-            approvals=self.approvals,
+    def factory(plan: Plan = PLAN, smtp: SmtpServer | None = None) -> Pipeline:
+        settings = make_settings(
+            smtp_host=smtp.host if smtp else None,
+            smtp_port=smtp.port if smtp else 25,
+            consumer_name="dispatcher-test",
+            rate_limits=(),
         )
-
-    def grant(self, event: IncidentOpened, by: str = "carol") -> ApprovalGranted:
-        return ApprovalGranted(
-            event_id=event.event_id,
-            incident_id=event.incident_id,
-            granted_at=self.clock.now(),
-            by=by,
+        pipeline = build_pipeline(
+            redis, settings, plan, ManualClock(T0), uniform=lambda low, high: high
         )
+        built.append(pipeline)
+        return pipeline
+
+    yield factory
+    for pipeline in built:
+        await pipeline.aclose()
 
 
 @pytest.fixture
-def harness(redis: Redis, make_settings: Callable[..., Settings]) -> Harness:
-    return Harness(redis, make_settings(smtp_host=None, consumer_name="dispatcher-test"), PLAN)
+def pipeline(pipelines: Callable[..., Pipeline]) -> Pipeline:
+    return pipelines()
+
+
+def grant(pipeline: Pipeline, event: IncidentOpened, by: str = "carol") -> ApprovalGranted:
+    return ApprovalGranted(
+        event_id=event.event_id,
+        incident_id=event.incident_id,
+        granted_at=pipeline.clock.now(),
+        by=by,
+    )
+
+
+def summary(records: list[DeliveryRecorded]) -> list[tuple[str | None, str, DeliveryStatus]]:
+    return sorted((r.audience, r.channel, r.status) for r in records)
 
 
 async def log_of(redis: Redis) -> list[DeliveryRecorded]:
     """Every record, oldest first."""
     return list(reversed(await DeliveryLog(redis).recent(limit=1000)))
-
-
-def summary(records: list[DeliveryRecorded]) -> list[tuple[str | None, str, DeliveryStatus]]:
-    return sorted((r.audience, r.channel, r.status) for r in records)
 
 
 async def emailed(redis: Redis) -> list[str]:
@@ -129,15 +129,16 @@ async def emailed(redis: Redis) -> list[str]:
 
 
 async def test_internal_audiences_hear_at_once_and_public_deliveries_are_held(
-    redis: Redis, harness: Harness
+    redis: Redis, pipeline: Pipeline
 ) -> None:
     event = opened()
 
-    await harness.dispatcher.handle_incident_event(event, attempt=1)
+    await pipeline.handle(event)
 
     assert await emailed(redis) == [BOB]
     assert await StatusPageStore(redis).get("inc-1") is None
-    records = await log_of(redis)
+    assert [(j.audience, j.channel) for j in pipeline.delivered] == [("engineering", "email")]
+    records = await pipeline.log()
     assert summary(records) == [
         ("customers", "email", DeliveryStatus.HELD),
         ("customers", "status_page", DeliveryStatus.HELD),
@@ -146,7 +147,7 @@ async def test_internal_audiences_hear_at_once_and_public_deliveries_are_held(
     held = [r for r in records if r.status is DeliveryStatus.HELD]
     auto_publish_at = T0 + AUTO_PUBLISH_AFTER
     assert all(auto_publish_at.isoformat() in (r.error or "") for r in held)
-    assert harness.approvals.published == [
+    assert pipeline.approvals.published == [
         ApprovalRequested(
             event_id="ev-open",
             incident_id="inc-1",
@@ -161,123 +162,182 @@ async def test_internal_audiences_hear_at_once_and_public_deliveries_are_held(
     assert pending.event == event
 
 
-async def test_a_redelivered_held_event_is_recorded_held_once_but_asked_for_each_time(
-    redis: Redis, harness: Harness
+async def test_a_redelivered_held_event_is_held_and_asked_for_once(
+    redis: Redis, pipeline: Pipeline
 ) -> None:
     event = opened()
-    await harness.dispatcher.handle_incident_event(event, attempt=1)
-    harness.clock.advance(timedelta(seconds=30))
+    await pipeline.handle(event, attempt=1)
+    pipeline.clock.advance(timedelta(seconds=30))
 
-    await harness.dispatcher.handle_incident_event(event, attempt=2)
+    await pipeline.handle(event, attempt=2)
 
     assert await emailed(redis) == [BOB]
-    held = [r for r in await log_of(redis) if r.status is DeliveryStatus.HELD]
+    held = [r for r in await pipeline.log() if r.status is DeliveryStatus.HELD]
     assert len(held) == 2  # one per public delivery, from the first handling only
-    assert len(harness.approvals.published) == 2
-    first, second = harness.approvals.published
-    assert first == second  # the same request: the timer still runs from the first hold
+    assert len(pipeline.approvals.published) == 1
     [pending] = await ApprovalStore(redis).pending()
     assert pending.requested_at == T0
 
 
-async def test_a_grant_sends_the_held_messages_once(redis: Redis, harness: Harness) -> None:
+async def test_a_request_that_could_not_be_published_is_asked_for_when_the_event_comes_again(
+    redis: Redis, pipeline: Pipeline
+) -> None:
+    """The first handling held the messages, then failed to ask for the timer: the event
+    stays pending, and its redelivery asks, without holding (or recording) anything twice."""
     event = opened()
-    await harness.dispatcher.handle_incident_event(event, attempt=1)
-    harness.clock.advance(timedelta(minutes=2))
+    pipeline.approvals.fail_next = 1
+    with pytest.raises(ConnectionError):
+        await pipeline.handle(event, attempt=1)
+    assert await pipeline.queued() == []  # nothing went out before the request was made
+    pipeline.clock.advance(timedelta(seconds=30))
 
-    await harness.dispatcher.handle_approval(harness.grant(event), attempt=1)
+    await pipeline.handle(event, attempt=2)
+
+    assert await emailed(redis) == [BOB]
+    assert pipeline.approvals.published == [
+        ApprovalRequested(
+            event_id="ev-open",
+            incident_id="inc-1",
+            requested_at=T0,  # the timer runs from the first hold
+            auto_publish_at=T0 + AUTO_PUBLISH_AFTER,
+        )
+    ]
+    held = [r for r in await pipeline.log() if r.status is DeliveryStatus.HELD]
+    assert len(held) == 2
+
+
+async def test_a_grant_sends_the_held_messages_once(redis: Redis, pipeline: Pipeline) -> None:
+    event = opened()
+    await pipeline.handle(event)
+    pipeline.clock.advance(timedelta(minutes=2))
+
+    assert await pipeline.approve(grant(pipeline, event)) == 2
 
     assert await emailed(redis) == [BOB, ALICE]
     page = await StatusPageStore(redis).get("inc-1")
     assert page is not None
     assert page.title == "A major outage affecting checkout"
     assert await ApprovalStore(redis).pending() == []
-    records = await log_of(redis)
+    records = await pipeline.log()
     sent = [(r.audience, r.channel) for r in records[3:]]
     assert sorted(sent) == [("customers", "email"), ("customers", "status_page")]
     assert {r.status for r in records[3:]} == {DeliveryStatus.SENT}
     assert {r.event_id for r in records} == {"ev-open"}  # the same deliveries, now sent
+    held_ids = {r.delivery_id for r in records[:3] if r.status is DeliveryStatus.HELD}
+    assert {r.delivery_id for r in records[3:]} == held_ids
 
-    await harness.dispatcher.handle_approval(harness.grant(event, by="dave"), attempt=1)
+    assert await pipeline.approve(grant(pipeline, event, by="dave")) == 0
 
     assert await emailed(redis) == [BOB, ALICE]
-    assert len(await log_of(redis)) == len(records)
-    assert [type(e) for e in harness.approvals.published] == [ApprovalRequested]
+    assert len(await pipeline.log()) == len(records)
+    assert [type(e) for e in pipeline.approvals.published] == [ApprovalRequested]
 
 
-async def test_an_automatic_grant_sends_like_a_human_one(redis: Redis, harness: Harness) -> None:
+async def test_an_automatic_grant_sends_like_a_human_one(redis: Redis, pipeline: Pipeline) -> None:
     event = opened()
-    await harness.dispatcher.handle_incident_event(event, attempt=1)
-    harness.clock.advance(AUTO_PUBLISH_AFTER)
-    grant = harness.grant(event, by="auto-publish").model_copy(update={"automatic": True})
+    await pipeline.handle(event)
+    pipeline.clock.advance(AUTO_PUBLISH_AFTER)
+    automatic = grant(pipeline, event, by="auto-publish").model_copy(update={"automatic": True})
 
-    await harness.dispatcher.handle_approval(grant, attempt=1)
+    await pipeline.approve(automatic)
 
     assert await emailed(redis) == [BOB, ALICE]
+    assert await ApprovalStore(redis).pending() == []
 
 
-async def test_a_grant_for_nothing_held_sends_nothing(redis: Redis, harness: Harness) -> None:
-    await harness.dispatcher.handle_approval(harness.grant(opened(event_id="ev-never")), 1)
+async def test_a_grant_for_nothing_held_sends_nothing(redis: Redis, pipeline: Pipeline) -> None:
+    assert await pipeline.approve(grant(pipeline, opened(event_id="ev-never"))) == 0
 
     assert await emailed(redis) == []
-    assert await log_of(redis) == []
+    assert await pipeline.log() == []
 
 
-async def test_a_sev2_event_is_not_held(redis: Redis, harness: Harness) -> None:
-    await harness.dispatcher.handle_incident_event(opened(Severity.ERROR), attempt=1)
+async def test_a_sev2_event_is_not_held(redis: Redis, pipeline: Pipeline) -> None:
+    await pipeline.handle(opened(Severity.ERROR))
 
     assert sorted(await emailed(redis)) == [ALICE, BOB]
-    assert {r.status for r in await log_of(redis)} == {DeliveryStatus.SENT}
-    assert harness.approvals.published == []
+    assert {r.status for r in await pipeline.log()} == {DeliveryStatus.SENT}
+    assert pipeline.approvals.published == []
     assert await ApprovalStore(redis).pending() == []
 
 
-async def test_a_retried_event_whose_held_messages_were_approved_is_not_held_again(
-    redis: Redis, make_settings: Callable[..., Settings], smtp_server: SmtpServer
+async def test_a_retried_delivery_does_not_hold_up_the_approved_ones(
+    redis: Redis, pipelines: Callable[..., Pipeline], smtp_server: SmtpServer
 ) -> None:
-    """An engineer's mail was deferred, so the event is retried after customers were told.
-
-    The retry must send nothing new: no new approval request, no HELD record for
-    messages already sent, nothing left waiting for approval.
-    """
-    settings = make_settings(
-        smtp_host=smtp_server.host, smtp_port=smtp_server.port, consumer_name="dispatcher-test"
-    )
-    harness = Harness(redis, settings, PLAN)
+    """An engineer's mail is deferred (a retry is scheduled, nothing raises); the approval
+    sends the customers' messages meanwhile, and the retry sends the engineer's once."""
+    pipeline = pipelines(smtp=smtp_server)
     event = opened()
     smtp_server.defer.add(BOB)
-    with pytest.raises(RetryableFailure):
-        await harness.dispatcher.handle_incident_event(event, attempt=1)
-    smtp_server.defer.clear()
-    await harness.dispatcher.handle_approval(harness.grant(event), attempt=1)
+    await pipeline.handle(event)
+    engineer = [r for r in await pipeline.log() if r.audience == "engineering"]
+    assert [(r.status, r.attempt) for r in engineer] == [(DeliveryStatus.RETRYING, 1)]
+
+    await pipeline.approve(grant(pipeline, event))
+
     assert len(smtp_server.to(ALICE)) == 1
+    assert smtp_server.to(BOB) == []
+    smtp_server.defer.clear()
+    await pipeline.fire_retries(after=timedelta(minutes=1))
     assert len(smtp_server.to(BOB)) == 1
-    harness.clock.advance(timedelta(minutes=1))
-
-    await harness.dispatcher.handle_incident_event(event, attempt=2)  # the retry
-
+    await pipeline.handle(event, attempt=2)  # a late redelivery of the event
     assert len(smtp_server.mailbox.messages) == 2
     assert await ApprovalStore(redis).pending() == []
-    assert [type(e) for e in harness.approvals.published] == [ApprovalRequested]
-    held = [r for r in await log_of(redis) if r.status is DeliveryStatus.HELD]
+    assert [type(e) for e in pipeline.approvals.published] == [ApprovalRequested]
+    held = [r for r in await pipeline.log() if r.status is DeliveryStatus.HELD]
     assert len(held) == 2  # from the first handling only
 
 
+async def test_an_event_fanned_out_again_after_its_approval_is_not_held_again(
+    redis: Redis, pipelines: Callable[..., Pipeline], smtp_server: SmtpServer
+) -> None:
+    """The first fan-out died before marking the event done, and was approved meanwhile:
+    when the event comes again, what was approved and sent is neither held nor sent again."""
+    pipeline = pipelines(smtp=smtp_server)
+    event = opened()
+    await pipeline.handle(event)
+    await pipeline.approve(grant(pipeline, event))
+    assert len(smtp_server.mailbox.messages) == 2
+    await redis.delete(fanned_out_key("ev-open:event"))
+    pipeline.clock.advance(timedelta(minutes=1))
+
+    await pipeline.handle(event, attempt=2)
+
+    assert len(smtp_server.mailbox.messages) == 2
+    assert await ApprovalStore(redis).pending() == []
+    assert [type(e) for e in pipeline.approvals.published] == [ApprovalRequested]
+    held = [r for r in await pipeline.log() if r.status is DeliveryStatus.HELD]
+    assert len(held) == 2  # from the first handling only
+    page = await StatusPageStore(redis).get("inc-1")
+    assert page is not None
+    assert len(page.updates) == 1
+
+
 async def test_a_held_message_that_cannot_be_rendered_holds_up_nobody_else(
-    redis: Redis, make_settings: Callable[..., Settings], tmp_path: Path
+    redis: Redis, pipelines: Callable[..., Pipeline], tmp_path: Path
 ) -> None:
     """The preview of a held message is rendered too; its failure must not stop the event."""
     broken = tmp_path / "customers" / "email" / "message.txt.j2"
     broken.parent.mkdir(parents=True)
     broken.write_text("{{ no_such_value }}\n")
-    settings = make_settings(smtp_host=None, consumer_name="dispatcher-test")
-    harness = Harness(redis, settings, approval_plan(templates_dir=str(tmp_path)))
+    pipeline = pipelines(approval_plan(templates_dir=str(tmp_path)))
+    event = opened()
 
-    await harness.dispatcher.handle_incident_event(opened(), attempt=1)
+    await pipeline.handle(event)
 
     assert await emailed(redis) == [BOB]
-    statuses = {(r.audience, r.channel): r.status for r in await log_of(redis)}
+    statuses = {(r.audience, r.channel): r.status for r in await pipeline.log()}
     assert statuses[("engineering", "email")] is DeliveryStatus.SENT
+    assert statuses[("customers", "email")] is DeliveryStatus.HELD
+    [pending] = await ApprovalStore(redis).pending()
+    assert "no_such_value" in pending.preview_text
+
+    await pipeline.approve(grant(pipeline, event))
+
+    statuses = {(r.audience, r.channel): r.status for r in await pipeline.log()}
+    assert statuses[("customers", "email")] is DeliveryStatus.FAILED
+    assert statuses[("customers", "status_page")] is DeliveryStatus.SENT
+    assert await emailed(redis) == [BOB]
 
 
 # Through the dispatcher app: the ops API and the approvals stream

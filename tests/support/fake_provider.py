@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -156,7 +156,8 @@ class FakeProvider:
         tb: TracebackType | None,
     ) -> None:
         with self._changed:  # release anything held so the server can stop
-            for answer in [*self._standing.values(), *sum(self._queued.values(), [])]:
+            queued = [answer for answers in self._queued.values() for answer in answers]
+            for answer in [*self._standing.values(), *queued]:
                 if answer.hold is not None:
                     answer.hold.set()
         self._serving.__exit__(exc_type, exc, tb)

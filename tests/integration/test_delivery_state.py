@@ -1,0 +1,285 @@
+"""The delivery state machine (""/retry:N/dead/done, with a lease) on a real Valkey.
+
+A lease of 0 ms stands for a worker that died: its lease has run out by the next
+claim (leases run on Redis ``TIME``, which a test does not move).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from services.dispatcher.delivery_state import (
+    DEAD,
+    DONE,
+    ClaimKind,
+    DeliveryStates,
+    Retry,
+    retry_state,
+)
+from shared.contracts import DeadLetter, DeliveryJob, ScheduledDelivery
+from shared.redis_values import as_text, data_entries
+from shared.streams import (
+    DEAD_LETTERS,
+    RETRY_DUE,
+    RETRY_ITEMS,
+    delivery_state_key,
+    delivery_stream,
+)
+from tests.support.builders import T0
+
+pytestmark = pytest.mark.integration
+
+DELIVERY = "d0c0ffee"
+RETENTION = 3600
+LEASE_MS = 60_000
+
+
+@pytest.fixture
+def states(redis: Redis) -> DeliveryStates:
+    return DeliveryStates(redis, LEASE_MS, RETENTION)
+
+
+@pytest.fixture
+def dead_worker(redis: Redis) -> DeliveryStates:
+    """Claims through this one run out at once: as if the worker died right after."""
+    return DeliveryStates(redis, 0, RETENTION)
+
+
+def job(attempt: int = 2) -> DeliveryJob:
+    return DeliveryJob(
+        delivery_id=DELIVERY,
+        event_id="ev-1",
+        event_type="incident.opened",
+        incident_id="inc-1",
+        channel="email",
+        recipient="alice@example.com",
+        audience="customers",
+        occurred_at=T0,
+        attempt=attempt,
+        last_attempt=3,
+        expects=retry_state(attempt),
+    )
+
+
+def retry_of(next_job: DeliveryJob, due_ms: int = 1_795_444_205_000) -> Retry:
+    item = ScheduledDelivery(incident_id="inc-1", due_at=T0 + timedelta(seconds=5), job=next_job)
+    return Retry(member=next_job.delivery_id, due_ms=due_ms, item_json=item.model_dump_json())
+
+
+async def fields(redis: Redis) -> dict[str, str]:
+    raw = await redis.hgetall(delivery_state_key(DELIVERY))
+    return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
+# Claims
+
+
+async def test_a_new_delivery_is_claimed_with_a_lease(redis: Redis, states: DeliveryStates) -> None:
+    claim = await states.claim(DELIVERY, "worker-a", "")
+
+    assert (claim.kind, claim.interrupted, claim.state) == (ClaimKind.CLAIMED, False, "")
+    held = await fields(redis)
+    assert held["owner"] == "worker-a"
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    assert now_ms < int(held["lease"]) <= now_ms + LEASE_MS  # from Redis TIME
+    assert 0 < await redis.ttl(delivery_state_key(DELIVERY)) <= RETENTION
+    assert await states.state(DELIVERY) == ""
+
+
+async def test_a_done_delivery_is_never_claimed_again(states: DeliveryStates) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+    assert await states.finish(DELIVERY, "worker-a", DONE)
+
+    for expects in ("", retry_state(2), DONE):
+        claim = await states.claim(DELIVERY, "worker-b", expects)
+        assert (claim.kind, claim.state) == (ClaimKind.DONE, DONE)
+
+
+async def test_a_live_lease_makes_every_other_claim_busy(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+
+    claim = await states.claim(DELIVERY, "worker-b", "")
+
+    assert (claim.kind, claim.interrupted) == (ClaimKind.BUSY, False)
+    assert (await fields(redis))["owner"] == "worker-a"
+
+
+async def test_an_expired_lease_is_taken_over_and_the_claim_says_it_was_interrupted(
+    redis: Redis, states: DeliveryStates, dead_worker: DeliveryStates
+) -> None:
+    await dead_worker.claim(DELIVERY, "worker-a", "")
+
+    claim = await states.claim(DELIVERY, "worker-b", "")
+
+    assert (claim.kind, claim.interrupted, claim.state) == (ClaimKind.CLAIMED, True, "")
+    assert (await fields(redis))["owner"] == "worker-b"
+
+
+async def test_a_finished_claim_is_not_reported_as_interrupted(
+    states: DeliveryStates,
+) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+    await states.finish(DELIVERY, "worker-a", retry_state(2), retry=retry_of(job(2)))
+
+    claim = await states.claim(DELIVERY, "worker-b", retry_state(2))
+
+    assert (claim.kind, claim.interrupted) == (ClaimKind.CLAIMED, False)
+
+
+@pytest.mark.parametrize(
+    ("state", "expects"),
+    [
+        ("", retry_state(2)),  # a scheduled retry's job when the delivery never started
+        (retry_state(2), ""),  # a duplicate first job after a retry was scheduled
+        (retry_state(3), retry_state(2)),  # an old retry's job
+        (DEAD, ""),  # anything but a replay, once dead
+        (DEAD, retry_state(3)),
+    ],
+)
+async def test_a_job_expecting_another_state_is_stale(
+    redis: Redis, states: DeliveryStates, state: str, expects: str
+) -> None:
+    if state:
+        await redis.hset(delivery_state_key(DELIVERY), "state", state)
+
+    claim = await states.claim(DELIVERY, "worker-b", expects)
+
+    assert (claim.kind, claim.state) == (ClaimKind.STALE, state)
+    assert "owner" not in await fields(redis)  # a stale job takes no lease
+    assert await states.state(DELIVERY) == state
+
+
+async def test_tries_count_every_claim_including_interrupted_ones_but_not_deferrals(
+    states: DeliveryStates, dead_worker: DeliveryStates
+) -> None:
+    first = await dead_worker.claim(DELIVERY, "worker-a", "")
+    taken_over = await states.claim(DELIVERY, "worker-b", "")
+    assert (first.tries, taken_over.tries) == (1, 2)
+    # worker-b was rate limited: no attempt made, the try is given back
+    assert await states.finish(
+        DELIVERY, "worker-b", retry_state(1), retry=retry_of(job(1)), attempted=False
+    )
+
+    later = await states.claim(DELIVERY, "worker-c", retry_state(1))
+
+    assert (later.kind, later.tries) == (ClaimKind.CLAIMED, 2)
+
+
+# Finishing
+
+
+async def test_finish_with_a_retry_moves_the_state_and_schedules_the_job_together(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+    retry = retry_of(job(2), due_ms=1_795_444_205_123)
+
+    assert await states.finish(DELIVERY, "worker-a", retry_state(2), retry=retry)
+
+    held = await fields(redis)
+    assert held["state"] == "retry:2"
+    assert "owner" not in held
+    assert "lease" not in held
+    assert await redis.zscore(RETRY_DUE, DELIVERY) == 1_795_444_205_123
+    raw = await redis.hget(RETRY_ITEMS, DELIVERY)
+    assert raw is not None
+    assert ScheduledDelivery.model_validate_json(raw).job == job(2)
+    assert await redis.xlen(DEAD_LETTERS) == 0
+    assert 0 < await redis.ttl(delivery_state_key(DELIVERY)) <= RETENTION
+
+
+async def test_finish_with_a_dead_letter_writes_it_with_the_dead_state(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await redis.hset(delivery_state_key(DELIVERY), "state", retry_state(3))
+    await states.claim(DELIVERY, "worker-a", retry_state(3))
+    letter = DeadLetter(
+        kind="delivery",
+        stream=delivery_stream("email"),
+        group="dispatcher",
+        reason="retries_exhausted",
+        error="451 later",
+        payload=job(3).model_dump_json(),
+        dead_at=T0,
+        delivery_id=DELIVERY,
+    )
+
+    assert await states.finish(
+        DELIVERY, "worker-a", DEAD, dead_letter_json=letter.model_dump_json()
+    )
+
+    assert await states.state(DELIVERY) == DEAD
+    [(_, payload)] = data_entries(await redis.xrange(DEAD_LETTERS))
+    assert DeadLetter.model_validate_json(payload) == letter
+    assert await redis.zcard(RETRY_DUE) == 0
+
+
+async def test_finish_after_the_lease_was_taken_over_changes_nothing(
+    redis: Redis, states: DeliveryStates, dead_worker: DeliveryStates
+) -> None:
+    await dead_worker.claim(DELIVERY, "worker-a", "")
+    await states.claim(DELIVERY, "worker-b", "")  # worker-a's lease ran out
+
+    late = await dead_worker.finish(
+        DELIVERY, "worker-a", retry_state(2), retry=retry_of(job(2)), dead_letter_json="{}"
+    )
+
+    assert late is False
+    held = await fields(redis)
+    assert held["owner"] == "worker-b"
+    assert await states.state(DELIVERY) == ""
+    assert await redis.zcard(RETRY_DUE) == 0  # none of it: not the retry, not the letter
+    assert await redis.hlen(RETRY_ITEMS) == 0
+    assert await redis.xlen(DEAD_LETTERS) == 0
+
+    assert await states.finish(DELIVERY, "worker-b", DONE)
+    assert await states.state(DELIVERY) == DONE
+
+
+async def test_finish_without_a_claim_is_refused(redis: Redis, states: DeliveryStates) -> None:
+    assert await states.finish(DELIVERY, "worker-a", DONE) is False
+    assert await states.state(DELIVERY) == ""
+
+
+# Replay
+
+
+async def test_replay_moves_only_a_dead_delivery_and_queues_its_job_once(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    stream = delivery_stream("email")
+    again = job(4).model_copy(update={"last_attempt": 6})
+    for state in ("", retry_state(2), DONE):
+        if state:
+            await redis.hset(delivery_state_key(DELIVERY), "state", state)
+        assert not await states.replay(DELIVERY, 4, stream, again.model_dump_json())
+        assert await states.state(DELIVERY) == state
+    assert await redis.xlen(stream) == 0
+    await redis.hset(delivery_state_key(DELIVERY), "state", DEAD)
+
+    assert await states.replay(DELIVERY, 4, stream, again.model_dump_json())
+    assert not await states.replay(DELIVERY, 4, stream, again.model_dump_json())  # not dead now
+
+    assert await states.state(DELIVERY) == retry_state(4)
+    [(_, payload)] = data_entries(await redis.xrange(stream))
+    assert DeliveryJob.model_validate_json(payload) == again
+    claim = await states.claim(DELIVERY, "worker-a", again.expects)  # the replayed job sends
+    assert claim.kind is ClaimKind.CLAIMED
+
+
+async def test_replay_waits_for_a_live_lease_on_a_dead_delivery(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    key = delivery_state_key(DELIVERY)
+    await redis.hset(key, mapping={"state": DEAD, "owner": "worker-a", "lease": 2**62})
+
+    assert not await states.replay(DELIVERY, 4, delivery_stream("email"), job(4).model_dump_json())
+
+    assert await states.state(DELIVERY) == DEAD
+    assert await redis.xlen(delivery_stream("email")) == 0
