@@ -63,11 +63,12 @@ async def run(emails: int, sms: int) -> None:
         addresses = [f"user{i}@example.com" for i in range(emails)]
         phones = [f"+1415555{i:04d}" for i in range(sms)]
         plan = write_plan(Path(tmp), addresses)
-        text = plan.read_text().replace(
-            "status_page: true",
-            "status_page: true\n    sms:\n" + "".join(f"    - '{p}'\n" for p in phones),
-        )
-        plan.write_text(text)
+        if phones:
+            numbers = "".join(f"    - '{p}'\n" for p in phones)
+            text = plan.read_text().replace(
+                "status_page: true", f"status_page: true\n    sms:\n{numbers}"
+            )
+            plan.write_text(text)
         system = System(
             env={
                 "CLARION_REDIS_URL": str(valkey.connection_url),
@@ -106,9 +107,8 @@ async def run(emails: int, sms: int) -> None:
             assert process is not None
             print(f"fan-out of {emails} emails + {sms} SMS + 1 status page post")
             print(f"  all {expected} sent in {elapsed:.1f} s: {expected / elapsed:,.0f} messages/s")
-            print(
-                f"  SMTP sink received {len(smtp.mailbox.messages)}, Twilio stand-in {len(twilio.received)}"
-            )
+            received = len(smtp.mailbox.messages), len(twilio.received)
+            print(f"  SMTP sink received {received[0]}, Twilio stand-in {received[1]}")
             print(f"  dispatcher peak RSS: {_peak_rss_mb(process.pid):.0f} MB")
         finally:
             await redis.aclose()

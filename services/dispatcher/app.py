@@ -120,10 +120,15 @@ def create_app(
             delivery_log = DeliveryLog(redis, DispatcherMetrics())
             retention = int(settings.idempotency_retention.total_seconds())
             states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
+            drivers = channels(context)
+            for driver in drivers.values():  # kept sessions (SMTP) close at shutdown
+                closing = getattr(driver, "aclose", None)
+                if closing is not None:
+                    stack.push_async_callback(closing)
             worker = DeliveryWorker(
                 redis,
                 the_clock,
-                channels(context),
+                drivers,
                 owner=settings.consumer_name,
                 states=states,
                 records=DispatchRecords(redis, retention),

@@ -42,7 +42,7 @@ from tests.support.builders import (
     make_incident_updated,
 )
 from tests.support.plans import make_plan
-from tests.support.smtp import SessionFacts, SmtpServer, free_port
+from tests.support.smtp import SmtpServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -99,14 +99,17 @@ def implicit_tls_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def channel_for(
+async def channel_for(
     make_settings: Callable[..., Settings], redis: Redis, http: httpx.AsyncClient
-) -> Callable[..., EmailChannel]:
+) -> AsyncIterator[Callable[..., EmailChannel]]:
+    built: list[EmailChannel] = []
+
     def factory(
         server: SmtpServer | None = None,
         plan: Plan | None = None,
         trust: SmtpServer | None = None,
         store: Redis | None = None,
+        keep_sessions: int = 0,  # the test's server may stop before the channel closes
         **overrides: Any,
     ) -> EmailChannel:
         values: dict[str, Any] = {"email_from": FROM, "unsubscribe_secret": SECRET}
@@ -122,9 +125,13 @@ def channel_for(
             environ={},
         )
         tls = trust.tls.client_context() if trust is not None and trust.tls else None
-        return EmailChannel(ctx, tls_context=tls)
+        channel = EmailChannel(ctx, tls_context=tls, keep_sessions=keep_sessions)
+        built.append(channel)
+        return channel
 
-    return factory
+    yield factory
+    for channel in built:  # close the SMTP sessions it kept
+        await channel.aclose()
 
 
 def assert_clean(outcome: Outcome, *secrets: str) -> None:
@@ -340,7 +347,9 @@ async def test_starttls_and_auth_are_really_used(
 
     assert isinstance(outcome, Sent)
     starttls_server.mailbox.wait_for(lambda messages: len(messages) == 1)
-    assert starttls_server.sessions == [SessionFacts(tls=True, starttls=True, login="clarion")]
+    assert [(f.tls, f.starttls, f.login) for f in starttls_server.sessions] == [
+        (True, True, "clarion")
+    ]
     assert [(a.login, a.tls, a.accepted) for a in starttls_server.auth_attempts] == [
         ("clarion", True, True)
     ]
@@ -355,7 +364,34 @@ async def test_implicit_tls_is_really_used(
 
     assert isinstance(outcome, Sent)
     implicit_tls_server.mailbox.wait_for(lambda messages: len(messages) == 1)
-    assert implicit_tls_server.sessions == [SessionFacts(tls=True, starttls=False, login=None)]
+    assert [(f.tls, f.starttls, f.login) for f in implicit_tls_server.sessions] == [
+        (True, False, None)
+    ]
+
+
+async def test_a_kept_session_carries_the_next_message_without_a_new_login(
+    channel_for: Callable[..., EmailChannel], starttls_server: SmtpServer
+) -> None:
+    channel = channel_for(
+        starttls_server,
+        trust=starttls_server,
+        keep_sessions=2,
+        smtp_starttls=True,
+        smtp_username="clarion",
+        smtp_password=PASSWORD,
+    )
+
+    first = await channel.send(MESSAGE, "alice@example.com", make_delivery())
+    second = await channel.send(MESSAGE, "bob@example.com", make_delivery(delivery_id="d-2"))
+    await channel.aclose()  # QUIT the kept session before the server stops
+
+    assert isinstance(first, Sent)
+    assert isinstance(second, Sent)
+    starttls_server.mailbox.wait_for(lambda messages: len(messages) == 2)
+    assert len({f.connection for f in starttls_server.sessions}) == 1
+    assert all(f.starttls and f.login == "clarion" for f in starttls_server.sessions)
+    assert len(starttls_server.auth_attempts) == 1
+
 
 
 async def test_an_untrusted_certificate_stops_the_send_before_any_password(

@@ -118,6 +118,7 @@ class Pipeline:
     approvals: RecordedApprovals
     states: DeliveryStates
     http: httpx.AsyncClient
+    drivers: Mapping[str, Channel] = field(default_factory=dict)
     delivered: list[DeliveryJob] = field(default_factory=list)
     pending: list[DeliveryJob] = field(default_factory=list)
     """Jobs the worker refused for now (their delivery is held elsewhere): still pending."""
@@ -181,6 +182,10 @@ class Pipeline:
         return list(reversed(await DeliveryLog(self.redis).recent(limit=1000)))
 
     async def aclose(self) -> None:
+        for driver in self.drivers.values():  # kept sessions (SMTP) close
+            closing = getattr(driver, "aclose", None)
+            if closing is not None:
+                await closing()
         await self.http.aclose()
 
     async def _run(self, job: DeliveryJob) -> None:
@@ -239,4 +244,6 @@ def build_pipeline(
         redis, settings, clock, plan=plan, approvals=approvals, delivery_log=delivery_log
     )
     replayer = Replayer(redis, clock, states, delivery_log, settings.delivery_max_attempts)
-    return Pipeline(redis, settings, clock, dispatcher, worker, replayer, approvals, states, client)
+    return Pipeline(
+        redis, settings, clock, dispatcher, worker, replayer, approvals, states, client, drivers
+    )

@@ -121,6 +121,7 @@ class SessionFacts:
     tls: bool  # over TLS, implicit or after STARTTLS
     starttls: bool  # the session upgraded with STARTTLS
     login: str | None  # the AUTH login, when the client authenticated
+    connection: int = 0  # the same number for messages sent over one SMTP connection
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class _Handler:
                 tls=_over_tls(server, session),
                 starttls=id(session) in self._upgraded,
                 login=auth.login.decode() if isinstance(auth, LoginPassword) else None,
+                connection=id(session),
             )
         )
         self.mailbox.add(message)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable
-from email.message import EmailMessage
 from typing import Final
 
 import aiosmtplib
@@ -23,21 +22,18 @@ from services.dispatcher.channels.context import DriverContext
 from services.dispatcher.channels.email_mailgun import MailgunChannel
 from services.dispatcher.channels.email_message import (
     OutgoingEmail,
-    compose,
     message_id_for,
     prepare,
 )
 from services.dispatcher.channels.email_sendgrid import SendGridChannel
 from services.dispatcher.channels.outcome import NotConfigured, Outcome, Permanent, Retryable, Sent
+from services.dispatcher.channels.smtp_sessions import SmtpSessions
 from services.dispatcher.fanout import Delivery
 from services.dispatcher.rendering.messages import RenderedMessage
-from shared.clock import Clock
 from shared.redaction import REDACTED, redact_text
-from shared.settings import Settings
 
 __all__ = [
     "EmailChannel",
-    "build_email",
     "build_email_channel",
     "classify_smtp_error",
     "message_id_for",
@@ -54,15 +50,6 @@ def build_email_channel(ctx: DriverContext) -> Channel:
     if provider == "mailgun":
         return MailgunChannel(ctx)
     return EmailChannel(ctx)
-
-
-def build_email(
-    message: RenderedMessage, recipient: str, delivery: Delivery, settings: Settings, clock: Clock
-) -> EmailMessage:
-    """The MIME message for one delivery, without a List-Unsubscribe link (no plan at hand)."""
-    return compose(
-        message, recipient, delivery, email_from=settings.email_from, now=clock.now()
-    ).mime()
 
 
 def classify_smtp_error(exc: Exception, secrets: Iterable[str] = ()) -> Outcome:
@@ -103,9 +90,42 @@ class EmailChannel:
     name = "email"
     idempotent = False
 
-    def __init__(self, ctx: DriverContext, *, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        ctx: DriverContext,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        keep_sessions: int | None = None,
+    ) -> None:
+        """``keep_sessions``: open sessions kept for reuse (default: the channel's concurrency)."""
         self._ctx = ctx
         self._tls_context = tls_context
+        keep = ctx.settings.channel_concurrency if keep_sessions is None else keep_sessions
+        self._sessions = SmtpSessions(self._connect, keep=keep)
+
+    async def aclose(self) -> None:
+        await self._sessions.aclose()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        settings = self._ctx.settings
+        username = settings.smtp_username or None
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        session = aiosmtplib.SMTP(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=username,
+            password=password if username else None,
+            use_tls=settings.smtp_tls,
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_seconds,
+            tls_context=self._tls_context,
+        )
+        try:
+            await session.connect()  # and STARTTLS and AUTH, as configured
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
         settings = self._ctx.settings
@@ -121,18 +141,7 @@ class EmailChannel:
         if not isinstance(prepared, OutgoingEmail):
             return prepared
         try:
-            await aiosmtplib.send(
-                prepared.mime(),
-                recipients=[prepared.recipient],
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=username,
-                password=password if username else None,
-                use_tls=settings.smtp_tls,
-                start_tls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_seconds,
-                tls_context=self._tls_context,
-            )
+            await self._sessions.send(prepared.mime(), [prepared.recipient])
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             # ValueError: aiosmtplib refusing its settings (a newline in the host name, ...)
             return classify_smtp_error(exc, secrets=[password or ""])
