@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     ingest_port: int = 8000
     dispatcher_host: str = "127.0.0.1"
     dispatcher_port: int = 8001
+    scheduler_host: str = "127.0.0.1"
+    scheduler_port: int = 8002
 
     # Security
     ingest_token: SecretStr | None = None
