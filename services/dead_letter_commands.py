@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from services.cli_support import call_dispatcher, fail
+from services.cli_support import call_dispatcher, dispatcher_client, fail, settings_or_fail
 
 dead_letters_app = typer.Typer(
     help="Deliveries whose retries ran out, and messages no consumer could process.",
@@ -88,11 +89,23 @@ def replay(
     if not letters:
         typer.echo("Nothing to replay.")
         return
-    replayed = 0
-    with Progress(transient=False) as progress:
+    counts = {"replayed": 0, "skipped": 0}
+    settings = settings_or_fail()
+    with dispatcher_client(settings) as client, Progress(transient=False) as progress:
         task = progress.add_task("Replaying", total=len(letters))
         for letter in letters:
-            call_dispatcher("POST", f"/v1/dead-letters/{letter['id']}/replay", {"by": by})
-            replayed += 1
+            try:
+                answer = client.post(f"/v1/dead-letters/{letter['id']}/replay", json={"by": by})
+            except httpx.HTTPError as exc:
+                fail(f"Cannot reach the dispatcher at {client.base_url}: {exc}")
+            if answer.status_code == 409:  # replayed meanwhile (another operator, or a retry)
+                counts["skipped"] += 1
+            elif answer.status_code >= 400:
+                fail(f"The dispatcher answered {answer.status_code} for {letter['id']}.")
+            else:
+                counts["replayed"] += 1
             progress.advance(task)
-    typer.echo(f"Replayed {replayed} dead letter(s).")
+    typer.echo(
+        f"Replayed {counts['replayed']} dead letter(s)"
+        + (f"; {counts['skipped']} were already replayed." if counts["skipped"] else ".")
+    )

@@ -76,6 +76,15 @@ end
 return 1
 """
 
+# KEYS: state hash. ARGV: owner, lease ms. Extends a lease this owner still holds.
+_RENEW: Final = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[2]))
+return 1
+"""
+
 # KEYS: state hash, the channel's job stream.
 # ARGV: new state, retention s, field, job JSON. Only a dead delivery with no live lease moves.
 _REPLAY: Final = """
@@ -120,6 +129,18 @@ class DeliveryStates:
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._replay = redis.register_script(_REPLAY)
+        self._renew = redis.register_script(_RENEW)
+
+    @property
+    def lease_ms(self) -> int:
+        return self._lease_ms
+
+    async def renew(self, delivery_id: str, owner: str) -> bool:
+        """Extend ``owner``'s lease (a send still in progress); False once it is not theirs."""
+        renewed = await self._renew(
+            keys=[delivery_state_key(delivery_id)], args=[owner, self._lease_ms]
+        )
+        return bool(renewed)
 
     async def claim(self, delivery_id: str, owner: str, expects: str) -> ClaimResult:
         kind, interrupted, state, tries = await self._claim(

@@ -8,16 +8,20 @@ delivery is put back on the scheduler's timeline and the worker moves on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.outbox import OutboxWriter
@@ -153,7 +157,8 @@ class DeliveryWorker:
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
         clock_start = time.perf_counter()
-        outcome, note = await self._send(channel, rendering, delivery)
+        async with self._lease_kept(job, turn):
+            outcome, note = await self._send(channel, rendering, delivery)
         latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
         duplicate = claim.interrupted and not (channel is not None and channel.idempotent)
         if claim.interrupted:
@@ -183,6 +188,29 @@ class DeliveryWorker:
                 await self._failed_for_now(job, started, turn, outcome, facts)
             case NotConfigured():  # the outbox itself never answers "not configured"
                 raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _lease_kept(self, job: DeliveryJob, turn: _Turn) -> AsyncIterator[None]:
+        """Renew the claim's lease while a send runs, so a slow provider is never mistaken
+        for a dead worker (and sent to again)."""
+
+        async def renew() -> None:
+            every = max(self._states.lease_ms / 3000, 0.05)
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    if not await self._states.renew(job.delivery_id, turn.owner):
+                        return
+                except RedisError as exc:  # the next renewal may work; the lease still runs
+                    log.warning("delivery.lease_renewal_failed", error=str(exc))
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
     async def _send(
         self, channel: Channel | None, message: RenderedMessage, delivery: Delivery

@@ -25,6 +25,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from services.dispatcher.channels import Channel
+from services.dispatcher.channels.context import DriverContext
+from services.dispatcher.channels.email import build_email_channel
 from services.dispatcher.fanout import delivery_id_for, idempotency_key
 from shared.clock import ManualClock
 from shared.contracts import DeliveryJob, DeliveryRecorded, DeliveryStatus
@@ -84,7 +87,9 @@ def plan_for(provider: FakeProvider) -> Plan:
 def provider() -> Iterator[FakeProvider]:
     """Mastodon and a Slack webhook, both answering success until told otherwise."""
     with FakeProvider() as fake:
-        fake.answer("POST", STATUSES, 200, json=load_fixture("outbound/mastodon_status_entity_200.json"))
+        fake.answer(
+            "POST", STATUSES, 200, json=load_fixture("outbound/mastodon_status_entity_200.json")
+        )
         fake.answer("POST", SLACK_HOOK, 200, body="ok", headers={"content-type": "text/plain"})
         yield fake
 
@@ -104,16 +109,19 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def pipeline_for(
+async def pipeline_for(
     redis: Redis,
     make_settings: Callable[..., Settings],
     smtp_server: SmtpServer,
     provider: FakeProvider,
     http: httpx.AsyncClient,
     clock: ManualClock,
-) -> Callable[..., Pipeline]:
+) -> AsyncIterator[Callable[..., Pipeline]]:
     """A pipeline (one dispatcher instance: ``owner`` names its worker) on the shared
     Redis, clock and servers. No rate limits unless a test sets some."""
+    environ = {"MASTODON_TOKEN": MASTODON_TOKEN, "SLACK_WEBHOOK_URL": provider.url + SLACK_HOOK}
+    plan = plan_for(provider)
+    opened: list[Channel] = []
 
     def build(owner: str = "worker-a", **overrides: Any) -> Pipeline:
         values: dict[str, Any] = {
@@ -123,12 +131,27 @@ def pipeline_for(
             "rate_limits": (),
         }
         settings = make_settings(**(values | overrides))
-        environ = {"MASTODON_TOKEN": MASTODON_TOKEN, "SLACK_WEBHOOK_URL": provider.url + SLACK_HOOK}
+        # The email driver keeps SMTP sessions open for reuse: built here, so that
+        # this fixture can close them, as the app does at shutdown.
+        context = DriverContext(settings, plan, http, redis, clock, environ)
+        email = build_email_channel(context)
+        opened.append(email)
         return build_pipeline(
-            redis, settings, plan_for(provider), clock, environ=environ, http=http, uniform=upper
+            redis,
+            settings,
+            plan,
+            clock,
+            channels={"email": email},
+            environ=environ,
+            http=http,
+            uniform=upper,
         )
 
-    return build
+    yield build
+    for channel in opened:
+        closing = getattr(channel, "aclose", None)
+        if closing is not None:
+            await closing()
 
 
 def delivery_of(event_id: str, channel: str, recipient: str) -> str:
@@ -276,6 +299,36 @@ async def test_a_job_sent_by_another_worker_right_now_is_not_sent_again(
     assert not records[0].possible_duplicate
 
 
+async def test_a_worker_whose_lease_ran_out_mid_send_leaves_the_record_to_the_new_owner(
+    redis: Redis, pipeline_for: Callable[..., Pipeline], provider: FakeProvider
+) -> None:
+    # Worker A's Slack send hangs past its lease; the job is reclaimed by worker B,
+    # which sends it (a possible duplicate: Slack takes no key). Then A's send comes
+    # back 503: A must not log a retry it could not schedule.
+    first = pipeline_for("worker-a", idempotency_lease_ms=60_000)
+    second = pipeline_for("worker-b", idempotency_lease_ms=60_000)
+    release = threading.Event()
+    provider.answer_next("POST", SLACK_HOOK, 503, body="service_unavailable", hold=release)
+    await first.handle(OPENED, drain=False)
+    [job] = [j for j in await first.queued() if j.channel == "slack"]
+    sending = asyncio.create_task(first.worker.deliver(job))
+    await asyncio.to_thread(provider.wait_for_requests, 1)
+
+    # The lease is a Redis-TIME deadline in the delivery's hash: run it out.
+    await redis.hset(delivery_state_key(job.delivery_id), "lease", 0)
+    await second.worker.deliver(job)
+    release.set()
+    await sending
+
+    assert len(provider.requests_to("POST", SLACK_HOOK)) == 2
+    records = await first.log()
+    assert [r.status for r in records] == [DeliveryStatus.SENT]
+    assert records[0].possible_duplicate
+    assert "may have received it twice" in (records[0].note or "")
+    assert await state_of(redis, job.delivery_id) == "done"
+    assert not await retry_scheduled(redis, job.delivery_id)
+
+
 async def test_the_first_job_redelivered_after_its_retry_was_scheduled_does_nothing(
     redis: Redis, pipeline_for: Callable[..., Pipeline], provider: FakeProvider
 ) -> None:
@@ -328,7 +381,8 @@ async def test_a_429_retry_after_is_honoured_and_other_channels_go_on(
     assert retrying.next_attempt_at is not None
     assert retrying.next_attempt_at >= handled_at + timedelta(seconds=120)
     score = await redis.zscore(RETRY_DUE, slack_id)
-    assert score is not None and score >= (handled_at + timedelta(seconds=120)).timestamp() * 1000
+    assert score is not None
+    assert score >= (handled_at + timedelta(seconds=120)).timestamp() * 1000
     # Email and Mastodon did not wait for Slack.
     assert len(smtp_server.mailbox.messages) == 2
     assert sorted(s for s, _ in of(records, "email")) == [DeliveryStatus.SENT] * 2

@@ -283,3 +283,19 @@ async def test_replay_waits_for_a_live_lease_on_a_dead_delivery(
 
     assert await states.state(DELIVERY) == DEAD
     assert await redis.xlen(delivery_stream("email")) == 0
+
+
+async def test_an_owner_renews_its_own_lease_and_no_one_else_can(
+    redis: Redis, dead_worker: DeliveryStates
+) -> None:
+    short = DeliveryStates(redis, 200, RETENTION)
+    assert (await short.claim(DELIVERY, "worker-a", "")).kind is ClaimKind.CLAIMED
+    before = int(as_text(await redis.hget(delivery_state_key(DELIVERY), "lease")))
+
+    assert await short.renew(DELIVERY, "worker-a")
+    assert not await short.renew(DELIVERY, "worker-b")  # not theirs to extend
+    after = int(as_text(await redis.hget(delivery_state_key(DELIVERY), "lease")))
+
+    assert after >= before
+    assert await short.finish(DELIVERY, "worker-a", DONE)
+    assert not await short.renew(DELIVERY, "worker-a")  # nothing held any more

@@ -28,9 +28,11 @@ from services.dispatcher.rendering.messages import RenderedMessage
 from services.dispatcher.status_page_store import StatusPageStore
 from shared.clock import ManualClock
 from shared.contracts import DeliveryRecorded, DeliveryStatus, IncidentStatus
+from shared.errors import RetryableFailure
 from shared.plan import Plan
+from shared.redis_values import as_text
 from shared.settings import Settings
-from shared.streams import RETRY_DUE, delivery_stream, fanned_out_key
+from shared.streams import RETRY_DUE, delivery_state_key, delivery_stream, fanned_out_key
 from tests.support.builders import (
     T0,
     make_incident,
@@ -44,6 +46,7 @@ from tests.support.builders import (
 from tests.support.dispatching import Pipeline, ScriptedChannel, build_pipeline
 from tests.support.plans import make_plan
 from tests.support.smtp import SmtpServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -544,6 +547,33 @@ async def test_a_send_that_outlived_its_lease_does_not_undo_the_one_that_took_ov
     assert await pipeline.states.state(job.delivery_id) == "done"
     await pipeline.fire_retries(after=timedelta(days=1))
     assert len(email.sends) == 2
+
+
+async def test_a_slow_send_keeps_its_lease_so_no_one_sends_it_again(
+    redis: Redis, make_pipeline: MakePipeline
+) -> None:
+    email = ScriptedChannel()
+    email.hold(0)
+    pipeline = make_pipeline(make_plan(emails=(ALICE,)), channels={"email": email}, lease_ms=300)
+    await pipeline.handle(OPENED, drain=False)
+    [job] = [j for j in await pipeline.queued() if j.channel == "email"]
+    slow = asyncio.create_task(pipeline.worker.deliver(job))
+    await within(email.started[0].wait())
+    key = delivery_state_key(job.delivery_id)
+    first_lease = int(as_text(await redis.hget(key, "lease")))
+
+    async def past_the_first_lease() -> bool:
+        seconds, micros = await redis.time()
+        return seconds * 1000 + micros // 1000 > first_lease + 100
+
+    await eventually(past_the_first_lease, what="the first lease running out")
+    with pytest.raises(RetryableFailure, match="being sent elsewhere"):
+        await pipeline.worker.deliver(job)  # the reclaimer: still held, by a live worker
+    email.release[0].set()
+    await within(slow)
+
+    assert len(email.sends) == 1
+    assert await pipeline.states.state(job.delivery_id) == "done"
 
 
 # Scheduled updates
