@@ -393,7 +393,6 @@ async def test_a_kept_session_carries_the_next_message_without_a_new_login(
     assert len(starttls_server.auth_attempts) == 1
 
 
-
 async def test_an_untrusted_certificate_stops_the_send_before_any_password(
     channel_for: Callable[..., EmailChannel], starttls_server: SmtpServer
 ) -> None:
