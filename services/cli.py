@@ -37,6 +37,7 @@ from services.local_run import (
     SERVICES,
     Endpoints,
     UpOptions,
+    listen_addresses,
     redis_note,
     run_up,
 )
@@ -86,10 +87,7 @@ def up(
     verbose = settings.log_level.upper() == "DEBUG"
     configure_logging("DEBUG" if verbose else "WARNING", settings.log_format)
     data_dir = (data_dir or settings.data_dir).resolve()
-    addresses = {
-        "CLARION_INGEST_PORT": (settings.ingest_host, settings.ingest_port),
-        "CLARION_DISPATCHER_PORT": (settings.dispatcher_host, settings.dispatcher_port),
-    }
+    addresses = listen_addresses(settings)
     for variable, reason in unavailable_ports(addresses).items():
         host, port = addresses[variable]
         fail(f"Cannot listen on {host}:{port} ({reason}). Free it, or set {variable}.")

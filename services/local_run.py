@@ -37,12 +37,14 @@ class Endpoints:
 
     ingest: str
     dispatcher: str
+    scheduler: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Endpoints:
         return cls(
             ingest=_base_url(settings.ingest_host, settings.ingest_port),
             dispatcher=_base_url(settings.dispatcher_host, settings.dispatcher_port),
+            scheduler=_base_url(settings.scheduler_host, settings.scheduler_port),
         )
 
     @property
@@ -58,8 +60,25 @@ class Endpoints:
         return f"{self.dispatcher}/v1/deliveries"
 
     @property
+    def scheduler_metrics(self) -> str:
+        return f"{self.scheduler}/metrics"
+
+    @property
     def readiness(self) -> dict[str, str]:
-        return {"ingest": f"{self.ingest}/readyz", "dispatcher": f"{self.dispatcher}/readyz"}
+        return {
+            "ingest": f"{self.ingest}/readyz",
+            "dispatcher": f"{self.dispatcher}/readyz",
+            "scheduler": f"{self.scheduler}/readyz",
+        }
+
+
+def listen_addresses(settings: Settings) -> dict[str, tuple[str, int]]:
+    """Where each service will listen, by the setting that moves it."""
+    return {
+        "CLARION_INGEST_PORT": (settings.ingest_host, settings.ingest_port),
+        "CLARION_DISPATCHER_PORT": (settings.dispatcher_host, settings.dispatcher_port),
+        "CLARION_SCHEDULER_PORT": (settings.scheduler_host, settings.scheduler_port),
+    }
 
 
 def _base_url(host: str, port: int) -> str:
@@ -183,6 +202,7 @@ def _banner(options: UpOptions) -> str:
             f"  Alertmanager webhook:  {endpoints.webhook}",
             f"  Status page:           {endpoints.status_page}",
             f"  Delivery log (API):    {endpoints.deliveries}{ops}",
+            f"  Scheduler metrics:     {endpoints.scheduler_metrics}",
             f"  Plan:                  {messages}",
             f"  Redis:                 {options.redis_note}",
             f"  Logs:                  {logs}",

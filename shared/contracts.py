@@ -216,8 +216,54 @@ IncidentChange = (
 )
 """Any event about an incident (the union, for type hints)."""
 
-IncidentEvent = Annotated[IncidentChange, Field(discriminator="type")]
+
+class IncidentAckOverdue(_IncidentEventBase):
+    """Nobody acknowledged an open incident within the plan's ``acknowledge_within``.
+
+    An internal escalation: the scheduler publishes it (ingest never does), and the
+    dispatcher sends it to internal audiences only, never to a public one.
+    ``incident`` is the incident as stored when the timer fired; ``event_id`` is
+    the same however often the timer fires (:func:`ack_overdue_event_id`).
+    """
+
+    type: Literal["incident.ack_overdue"] = "incident.ack_overdue"
+    due_at: AwareDatetime
+    """When acknowledgement was due: ``opened_at`` + the severity's ``acknowledge_within``."""
+
+
+class IncidentPostmortemDue(_IncidentEventBase):
+    """A resolved incident still has no post-mortem, ``postmortem_reminder_after`` on.
+
+    An internal reminder from the scheduler, for internal audiences only. The
+    customers hear of the post-mortem itself (``IncidentPostmortemPublished``).
+    """
+
+    type: Literal["incident.postmortem_due"] = "incident.postmortem_due"
+    due_at: AwareDatetime
+    """When the reminder was due: ``resolved_at`` + the plan's ``postmortem_reminder_after``."""
+
+
+IncidentEscalation = IncidentAckOverdue | IncidentPostmortemDue
+"""The scheduler's internal events about an incident: they change nothing about it."""
+
+ESCALATION_EVENT_TYPES: tuple[type[IncidentAckOverdue], type[IncidentPostmortemDue]] = (
+    IncidentAckOverdue,
+    IncidentPostmortemDue,
+)
+"""For ``isinstance``: the events on ``INCIDENT_EVENTS`` that are not changes to an incident."""
+
+IncidentEvent = Annotated[IncidentChange | IncidentEscalation, Field(discriminator="type")]
 INCIDENT_EVENT: TypeAdapter[IncidentEvent] = TypeAdapter(IncidentEvent)
+
+
+def ack_overdue_event_id(incident_id: str, severity: Severity) -> str:
+    """Deterministic: one escalation per incident and severity, however often it fires."""
+    return f"{incident_id}:ack-overdue:{severity.sev}"
+
+
+def postmortem_due_event_id(incident_id: str, resolved_at: datetime) -> str:
+    """Deterministic: one reminder per resolution, however often it fires."""
+    return f"{incident_id}:postmortem-due:{resolved_at.isoformat()}"
 
 
 def incident_event_id(incident_id: str, revision: int, event_type: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -53,3 +56,22 @@ async def ensure_consumer_groups(redis: Redis) -> None:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+
+async def stop_broker(broker: RedisBroker) -> None:
+    """Stop ``broker`` without leaking a connection.
+
+    FastStream 0.7 cancels each subscriber's tasks in ``stop()`` without waiting for
+    them, then closes the connection pool: a task still inside a read (or a
+    reconnect) can then leave its socket open. Stopping the subscribers, then
+    cancelling their tasks and waiting for them, lets each one give its connection
+    back while the pool still exists.
+    """
+    subscribers = list(broker.subscribers)
+    tasks = [task for sub in subscribers for task in getattr(sub, "tasks", ())]
+    # Stop reading first, and let handlers in flight finish (the broker's graceful_timeout).
+    await asyncio.gather(*(sub.stop() for sub in subscribers), return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await broker.stop()

@@ -39,7 +39,7 @@ from shared.contracts import ApprovalGranted, ApprovalRequested
 from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
-from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
+from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
 from shared.retention import RetentionTask
 from shared.settings import Settings
 from shared.streams import (
@@ -55,6 +55,9 @@ from shared.streams import (
 from shared.watchdog import report_stopped_subscribers
 
 log = get_logger("clarion.dispatcher")
+
+GRACEFUL_STOP_SECONDS = 8.0
+"""How long a stopping dispatcher lets sends in flight finish (inside Docker's 10 s)."""
 
 
 class BrokerApprovals:
@@ -105,6 +108,7 @@ def create_app(
                 retry=broker_retry(),
                 retry_on_error=RETRY_ON,
                 logger=get_logger("clarion.dispatcher.broker"),
+                graceful_timeout=GRACEFUL_STOP_SECONDS,  # sends in flight finish on SIGTERM
             )
             approvals = BrokerApprovals(broker)
             http = http_client(settings)
@@ -184,7 +188,7 @@ def create_app(
             finally:
                 stopping.set()
                 await watchdog
-                await broker.stop()
+                await stop_broker(broker)
                 log.info("dispatcher.stopped", consumer=settings.consumer_name)
 
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)

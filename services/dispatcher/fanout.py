@@ -4,6 +4,12 @@ Every planned delivery has an idempotency key ``<event_id>:<channel>:<recipient>
 and a delivery id derived from it, so a redelivered event plans the same
 deliveries and the idempotency store can tell which already happened. A
 recipient in two audiences hears once, in the first audience's words.
+
+Internal-only events (``EventKind.internal_only``: the scheduler's acknowledgement
+escalation and post-mortem reminder) never reach a public audience, nor a channel
+anyone can read (status page, social accounts), even when a route matches them by
+default: routes hear every kind unless they list some. This is the one place that
+decides, so the pipeline, approval and ``clarion plan check`` all agree.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Final
 from services.dispatcher.rendering.values import DispatchEvent, event_time, kind_of
 from shared.contracts import Incident, UpdateDue
 from shared.plan import ChannelName, Plan
+from shared.plan.model import BROADCAST_CHANNELS
 
 SUPPRESSED_RESOLVED: Final = "incident resolved"
 
@@ -61,9 +68,10 @@ def suppression_reason(event: DispatchEvent, incident: Incident) -> str | None:
 def plan_deliveries(event: DispatchEvent, incident: Incident, plan: Plan) -> list[Delivery]:
     """Every delivery the plan routes ``event`` to, for ``incident`` as it stands."""
     reason = suppression_reason(event, incident)
-    internal_only = plan.policy(incident.severity).internal_only
+    kind = kind_of(event)
+    internal_only = plan.policy(incident.severity).internal_only or kind.internal_only
     routes = plan.routes_for(
-        kind_of(event),
+        kind,
         incident.severity,
         incident.service,
         incident.components,
@@ -76,6 +84,8 @@ def plan_deliveries(event: DispatchEvent, incident: Incident, plan: Plan) -> lis
             if audience.public and internal_only:
                 continue
             for channel in route.channels or audience.channels:
+                if kind.internal_only and channel in BROADCAST_CHANNELS:
+                    continue
                 for recipient in audience.addresses(channel):
                     key = idempotency_key(event.event_id, channel.value, recipient)
                     if key in planned:

@@ -6,6 +6,12 @@ message to a public audience must also pass the content check (impact, apology, 
 update, where to follow, timestamp, length, no monitoring jargon). Template syntax errors
 fail too, and recipients whose secret is not in the environment get a warning: until it
 is set, their messages go to the local outbox.
+
+The internal kinds (``ack_overdue``, ``postmortem_due``) are checked like the others for
+every internal audience the routes reach, whether or not the plan arms them now (a
+severity without ``acknowledge_within``), so a template that cannot render them fails
+before the first escalation. Fan-out keeps them from public audiences, so no public row
+ever shows them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from shared.contracts import (
     AlertState,
     AlertStatus,
     Incident,
+    IncidentAckOverdue,
     IncidentOpened,
+    IncidentPostmortemDue,
     IncidentPostmortemPublished,
     IncidentResolved,
     IncidentSeverityChanged,
@@ -43,6 +51,7 @@ from shared.contracts import (
     UpdateDue,
 )
 from shared.plan import ChannelName, EventKind, Plan
+from shared.plan.model import DEFAULT_POSTMORTEM_REMINDER
 from shared.settings import Settings
 
 SAMPLE_OPENED_AT: Final = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
@@ -67,8 +76,12 @@ _OFFSETS: Final = {  # when each kind of event happens, after the incident opene
     EventKind.RESOLVED: timedelta(hours=1),
     EventKind.POSTMORTEM_PUBLISHED: timedelta(days=2),
 }
-_CLOSING: Final = frozenset({EventKind.RESOLVED, EventKind.POSTMORTEM_PUBLISHED})
+_CLOSING: Final = frozenset(
+    {EventKind.RESOLVED, EventKind.POSTMORTEM_PUBLISHED, EventKind.POSTMORTEM_DUE}
+)
 _RESOLVED_AT: Final = SAMPLE_OPENED_AT + _OFFSETS[EventKind.RESOLVED]
+_ACK_WITHIN: Final = timedelta(minutes=15)  # for a sample severity that has no acknowledge_within
+_UNACKNOWLEDGED: Final = frozenset({EventKind.OPENED, EventKind.ACK_OVERDUE})
 
 
 class RowKind(StrEnum):
@@ -145,9 +158,10 @@ def sample(
 ) -> Sample:
     """A realistic ``kind`` event about a ``severity`` incident, with the plan's cadence."""
     shape = shape or SampleShape()
-    at = _OFFSETS.get(kind, plan.cadence(severity) or timedelta(minutes=30)) + SAMPLE_OPENED_AT
+    at = _when(plan, severity, kind)
     incident = _incident(severity, kind, at, shape)
-    next_update = None if kind in _CLOSING else plan.next_update_at(severity, at)
+    promises = kind not in _CLOSING and not kind.internal_only
+    next_update = plan.next_update_at(severity, at) if promises else None
     common: dict[str, Any] = {
         "event_id": f"plan-check:{severity.sev}:{kind.value}",
         "occurred_at": at,
@@ -167,6 +181,10 @@ def sample(
         event = IncidentResolved(**common)
     elif kind is EventKind.POSTMORTEM_PUBLISHED:
         event = IncidentPostmortemPublished(**common)
+    elif kind is EventKind.ACK_OVERDUE:
+        event = IncidentAckOverdue(**common, due_at=at)
+    elif kind is EventKind.POSTMORTEM_DUE:
+        event = IncidentPostmortemDue(**common, due_at=at)
     else:
         event = UpdateDue(
             event_id=common["event_id"],
@@ -179,13 +197,25 @@ def sample(
     return Sample(event, incident)
 
 
+def _when(plan: Plan, severity: Severity, kind: EventKind) -> datetime:
+    """When a sample ``kind`` event happens: the plan's own times where it has them."""
+    if kind is EventKind.ACK_OVERDUE:
+        return SAMPLE_OPENED_AT + (plan.policy(severity).acknowledge_within or _ACK_WITHIN)
+    if kind is EventKind.POSTMORTEM_DUE:
+        reminder = plan.postmortem_reminder_after or DEFAULT_POSTMORTEM_REMINDER
+        return _RESOLVED_AT + reminder
+    return SAMPLE_OPENED_AT + _OFFSETS.get(kind, plan.cadence(severity) or timedelta(minutes=30))
+
+
 def _incident(severity: Severity, kind: EventKind, at: datetime, shape: SampleShape) -> Incident:
     resolved = kind in _CLOSING
-    status = {
-        EventKind.OPENED: IncidentStatus.INVESTIGATING,
-        EventKind.RESOLVED: IncidentStatus.RESOLVED,
-        EventKind.POSTMORTEM_PUBLISHED: IncidentStatus.RESOLVED,
-    }.get(kind, IncidentStatus.IDENTIFIED)
+    status = (
+        IncidentStatus.RESOLVED
+        if resolved
+        else IncidentStatus.INVESTIGATING
+        if kind in _UNACKNOWLEDGED
+        else IncidentStatus.IDENTIFIED
+    )
     alerts = tuple(
         AlertState(
             fingerprint=f"sample-{number}",
@@ -214,8 +244,8 @@ def _incident(severity: Severity, kind: EventKind, at: datetime, shape: SampleSh
         resolved_at=_RESOLVED_AT if resolved else None,
         alerts=alerts,
         components=shape.components,
-        acknowledged_at=None if kind is EventKind.OPENED else SAMPLE_OPENED_AT,
-        acknowledged_by=None if kind is EventKind.OPENED else "on-call",
+        acknowledged_at=None if kind in _UNACKNOWLEDGED else SAMPLE_OPENED_AT,
+        acknowledged_by=None if kind in _UNACKNOWLEDGED else "on-call",
         postmortem_url=SAMPLE_POSTMORTEM_URL if postmortem else None,
         postmortem_summary=SAMPLE_POSTMORTEM_SUMMARY if postmortem else None,
     )

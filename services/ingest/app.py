@@ -40,7 +40,7 @@ from shared.errors import RetryableFailure
 from shared.http_errors import error_body, install_error_handlers, unavailable
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
-from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups
+from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
 from shared.settings import Settings
 from shared.watchdog import report_stopped_subscribers
 
@@ -126,7 +126,7 @@ def create_app(
                 stopping.set()
                 await watchdog
         finally:
-            await broker.stop()
+            await stop_broker(broker)
             await redis.aclose()
             await http.aclose()
 

@@ -1,34 +1,27 @@
-"""``python -m services.scheduler``: run the scheduler until SIGTERM or SIGINT."""
+"""``python -m services.scheduler``: run the scheduler, with its health and metrics endpoints.
+
+Serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``CLARION_SCHEDULER_HOST`` and
+``CLARION_SCHEDULER_PORT`` until SIGTERM or SIGINT. Exits non-zero when a
+subscriber stops on its own, so that its supervisor starts it again.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
-
-from services.scheduler.service import SubscriberStopped, run
-from shared.logs import configure_logging, get_logger
+from services.scheduler.health import create_app
+from shared.logs import configure_logging
+from shared.serving import serve
 from shared.settings import Settings
-
-log = get_logger("clarion.scheduler")
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        asyncio.run(_serve(settings))
-    except SubscriberStopped as exc:
-        log.critical("scheduler.subscriber_stopped", error=str(exc))
-        sys.exit(1)
-
-
-async def _serve(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run(settings, stop)
+    settings.require_redis_url()
+    serve(
+        lambda on_fatal: create_app(settings, on_fatal=on_fatal),
+        settings.scheduler_host,
+        settings.scheduler_port,
+    )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,28 @@
-"""The tick: claim what is due, fire ``UpdateDue`` for open incidents, reschedule."""
+"""The tick: claim what is due, fire ``UpdateDue`` for open incidents, reschedule.
+
+Each tick first syncs a :class:`~shared.clock.SyncedClock` (in production the
+clock on Redis time, so every instance claims, leases and measures lateness on
+the same time base), then fires the updates and the other kinds (``also``), then
+writes the heartbeat and, with metrics, the size of each schedule. An item that
+became due while no scheduler ran fires on the first tick, late, and its
+lateness is logged (``late_ms``) and observed in the lateness histogram.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
 from services.scheduler.cadence import ScheduleItem, advance, fire
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.schedule_store import Claim, ScheduleStore
-from shared.clock import Clock
+from shared.clock import Clock, SyncedClock
 from shared.contracts import UpdateDue
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
@@ -23,6 +33,9 @@ from shared.streams import SCHEDULER_HEARTBEAT
 log = get_logger("clarion.scheduler")
 
 DEFAULT_BATCH_SIZE: Final = 100
+UPDATE_KIND: Final = "update"
+"""The metrics label of the updates this ticker fires itself."""
+_MS: Final = timedelta(milliseconds=1)
 
 
 class UpdatePublisher(Protocol):
@@ -49,7 +62,11 @@ class Ticker:
         plan: Plan,
         batch_size: int = DEFAULT_BATCH_SIZE,
         also: Sequence[Firer] = (),
+        metrics: SchedulerMetrics | None = None,
+        scheduled: Mapping[str, str] | None = None,
     ) -> None:
+        """``scheduled`` maps each kind to its due sorted set, counted into ``metrics``
+        (``clarion_scheduler_scheduled_items``) on every tick."""
         self._store = store
         self._publisher = publisher
         self._redis = redis
@@ -59,12 +76,25 @@ class Ticker:
         self._batch_size = batch_size
         self._also = also
         self._lease = timedelta(milliseconds=settings.scheduler_lease_ms)
+        self._metrics = metrics
+        self._scheduled = dict(scheduled or {})
+        self._last_progress: float | None = None
+
+    @property
+    def last_progress(self) -> float | None:
+        """``time.monotonic()`` when a tick last got on (a batch claimed, a tick done);
+        ``None`` before the first. Readiness checks that it is recent."""
+        return self._last_progress
+
+    def _progressed(self) -> None:
+        self._last_progress = time.monotonic()
 
     async def run_once(self) -> int:
         """Fire every update due now; returns how many ``UpdateDue`` were published."""
         fired = 0
         while True:
             claims = await self._store.claim(self._clock.now(), self._lease, self._batch_size)
+            self._progressed()
             results = await asyncio.gather(
                 *(self._fire(claim) for claim in claims), return_exceptions=True
             )
@@ -84,14 +114,23 @@ class Ticker:
                 return fired
 
     async def tick(self) -> int:
-        """One tick: :meth:`run_once` and the other firers, then the heartbeat."""
+        """One tick: sync the clock, :meth:`run_once` and the other firers, then the heartbeat."""
+        if isinstance(self._clock, SyncedClock):
+            await self._clock.sync()
         fired = await self.run_once()
         for firer in self._also:
             fired += await firer.run_once()
+            self._progressed()
+        kinds = list(self._scheduled) if self._metrics is not None else []
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(SCHEDULER_HEARTBEAT, "ticks", 1)
             pipe.hset(SCHEDULER_HEARTBEAT, "at", self._clock.now().isoformat())
-            await pipe.execute()
+            for kind in kinds:
+                pipe.zcard(self._scheduled[kind])
+            results = await pipe.execute()
+        if self._metrics is not None:
+            self._metrics.set_scheduled(dict(zip(kinds, map(int, results[2:]), strict=True)))
+        self._progressed()
         return fired
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -101,6 +140,8 @@ class Ticker:
             try:
                 await self.tick()
             except Exception as exc:
+                if self._metrics is not None:
+                    self._metrics.tick_failed()
                 log.exception("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -121,14 +162,17 @@ class Ticker:
             interval_for = self._plan.cadence
             due, next_item = fire(item, fired_at, incident.severity, interval_for)
             await self._publisher.publish(due)
+            late = fired_at - item.due_at
             log.info(
                 "update.due",
                 event_id=due.event_id,
                 sequence=due.sequence,
                 due_at=due.due_at.isoformat(),
-                late_ms=(fired_at - item.due_at) // timedelta(milliseconds=1),
+                late_ms=late // _MS,
                 next_update_at=due.next_update_at.isoformat() if due.next_update_at else None,
             )
+            if self._metrics is not None:
+                self._metrics.observe_fired(UPDATE_KIND, late)
             if not await self._store.complete(claim, next_item):
                 # An event moved the item while we held it: keep its newer
                 # timing, but this sequence has gone out.

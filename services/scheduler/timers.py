@@ -2,7 +2,9 @@
 
 The resolution hold and the approval auto-publish are both one-shot timers in a
 :class:`ScheduleStore`; this fires them. A claim whose fire fails keeps its lease
-and fires again once the lease runs out: late, never lost.
+and fires again once the lease runs out: late, never lost. Every fire logs how
+late it was (``late_ms``) and, with :meth:`TimerFirer.observed_by`, counts in the
+scheduler's metrics.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from datetime import datetime, timedelta
 from typing import Final, Generic
 
 from services.scheduler.cadence import DueItem
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.schedule_store import Claim, ItemT, ScheduleStore
 from shared.clock import Clock
 from shared.logs import bound, get_logger
 
 BATCH_SIZE: Final = 100
+_MS: Final = timedelta(milliseconds=1)
 
 log = get_logger("clarion.scheduler.timers")
 
-FireTimer = Callable[[ItemT, datetime], Awaitable[str]]
-"""Publish what a due timer stands for; returns the id of the published event."""
+FireTimer = Callable[[ItemT, datetime], Awaitable[str | None]]
+"""Publish what a due timer stands for; returns the id of the published event, or None
+when, on a second look, there was nothing to publish (it is then not counted as fired)."""
 
 
 class TimerFirer(Generic[ItemT]):
@@ -33,12 +38,26 @@ class TimerFirer(Generic[ItemT]):
         fire: FireTimer[ItemT],
         clock: Clock,
         lease: timedelta,
+        *,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._kind = kind
         self._store = store
         self._fire_item = fire
         self._clock = clock
         self._lease = lease
+        self._metrics = metrics
+
+    @property
+    def kind(self) -> str:
+        """What this firer fires (``resolution``, ``approval``, ...): its metrics label."""
+        return self._kind
+
+    def observed_by(self, metrics: SchedulerMetrics) -> TimerFirer[ItemT]:
+        """The same firer, counting what it fires (and how late) in ``metrics``."""
+        return TimerFirer(
+            self._kind, self._store, self._fire_item, self._clock, self._lease, metrics=metrics
+        )
 
     async def run_once(self) -> int:
         """Fire every timer due now; returns how many were published."""
@@ -67,8 +86,14 @@ class TimerFirer(Generic[ItemT]):
                 return False
             now = self._clock.now()
             event_id = await self._fire_item(claim.item, now)
-            late_ms = (now - claim.item.due_at) // timedelta(milliseconds=1)
-            log.info(f"{self._kind}.due", event_id=event_id, late_ms=late_ms)
+            if event_id is None:
+                log.info(f"{self._kind}.nothing_due")
+                await self._store.drop(claim)  # if it was re-armed meanwhile, that stays
+                return False
+            late = now - claim.item.due_at
+            log.info(f"{self._kind}.due", event_id=event_id, late_ms=late // _MS)
+            if self._metrics is not None:
+                self._metrics.observe_fired(self._kind, late)
             await self._store.drop(claim)  # if it moved meanwhile, the new timer stays
             return True
 

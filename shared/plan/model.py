@@ -40,6 +40,19 @@ class EventKind(StrEnum):
     UPDATE_DUE = "update_due"
     RESOLVED = "resolved"
     POSTMORTEM_PUBLISHED = "postmortem_published"
+    ACK_OVERDUE = "ack_overdue"
+    """Nobody acknowledged the incident within its severity's ``acknowledge_within``."""
+    POSTMORTEM_DUE = "postmortem_due"
+    """The incident was resolved ``postmortem_reminder_after`` ago and has no post-mortem."""
+
+    @property
+    def internal_only(self) -> bool:
+        """Never sent to a public audience, nor on a channel anyone can read."""
+        return self in INTERNAL_EVENT_KINDS
+
+
+INTERNAL_EVENT_KINDS: Final = frozenset({EventKind.ACK_OVERDUE, EventKind.POSTMORTEM_DUE})
+"""Escalations and reminders for the team: a route may name them, but they never go public."""
 
 
 class ChannelName(StrEnum):
@@ -57,6 +70,8 @@ class ChannelName(StrEnum):
 
 SOCIAL_CHANNELS: Final = frozenset({ChannelName.MASTODON, ChannelName.BLUESKY, ChannelName.X})
 CHAT_CHANNELS: Final = frozenset({ChannelName.SLACK, ChannelName.DISCORD, ChannelName.CHAT_WEBHOOK})
+BROADCAST_CHANNELS: Final = SOCIAL_CHANNELS | {ChannelName.STATUS_PAGE}
+"""Channels anyone can read, whatever the audience says: internal events never go there."""
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -279,6 +294,10 @@ def _default_severities() -> dict[Severity, SeverityPolicy]:
     }
 
 
+DEFAULT_POSTMORTEM_REMINDER: Final = timedelta(hours=48)
+POSTMORTEM_REMINDER_BOUNDS: Final = (timedelta(minutes=1), timedelta(days=30))
+
+
 class Plan(PlanModel):
     """The whole communication plan."""
 
@@ -299,6 +318,9 @@ class Plan(PlanModel):
     audiences: dict[str, Audience] = Field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     approval: Approval = Field(default_factory=Approval)
+    postmortem_reminder_after: Duration | None = DEFAULT_POSTMORTEM_REMINDER
+    """Remind internal audiences this long after resolution while no post-mortem is posted;
+    null: no reminder."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -307,6 +329,13 @@ class Plan(PlanModel):
             raise ValueError(f"severities: {', '.join(missing)} missing; define SEV1 to SEV4")
         if self.monitoring_hold > timedelta(days=1):
             raise ValueError("monitoring_hold must be at most 1 day")
+        reminder = self.postmortem_reminder_after
+        low, high = POSTMORTEM_REMINDER_BOUNDS
+        if reminder is not None and not low <= reminder <= high:
+            raise ValueError(
+                f"postmortem_reminder_after must be between 1 minute and 30 days, not {reminder}"
+                " (null turns the reminder off)"
+            )
         for number, route in enumerate(self.routes):
             self._check_route(number, route)
         return self
@@ -329,6 +358,19 @@ class Plan(PlanModel):
                     f"{where}.audiences: {', '.join(internal)} is internal only, but the "
                     f"route sends it to the public audience {name!r}"
                 )
+            kinds = _named_internal_kinds(route)
+            if audience.public and kinds:
+                raise ValueError(
+                    f"{where}.events: {', '.join(kinds)} is internal only, but the route "
+                    f"sends it to the public audience {name!r}"
+                )
+        broadcast = [c.value for c in route.channels if c in BROADCAST_CHANNELS]
+        kinds = _named_internal_kinds(route)
+        if kinds and broadcast:
+            raise ValueError(
+                f"{where}.channels: {', '.join(kinds)} is internal only, but "
+                f"{', '.join(broadcast)} can be read by anyone"
+            )
 
     # What the services ask of the plan
 
@@ -369,6 +411,18 @@ class Plan(PlanModel):
                 route.match, severity, service, components, labels
             ):
                 yield route
+
+
+def _named_internal_kinds(route: Route) -> list[str]:
+    """The internal-only kinds a route names itself (its default, every kind, names none).
+
+    A route that keeps the default still matches them, and the dispatcher keeps them
+    from its public audiences and broadcast channels; naming one for a public audience
+    is a mistake worth refusing.
+    """
+    if "events" not in route.model_fields_set:
+        return []
+    return [kind.value for kind in route.events if kind.internal_only]
 
 
 def _matches(

@@ -47,6 +47,7 @@ class Up:
     data_dir: Path
     ingest_port: int
     dispatcher_port: int
+    scheduler_port: int
     banner: list[str]
 
     async def stop(self, sig: signal.Signals = signal.SIGINT) -> tuple[int, str]:
@@ -63,13 +64,14 @@ async def running_up(
     tmp_path: Path, *options: str, env_extra: dict[str, str] | None = None
 ) -> AsyncIterator[Up]:
     """``clarion up *options`` as a process, once it has printed that it is ready."""
-    ingest_port, dispatcher_port = free_port(), free_port()
+    ingest_port, dispatcher_port, scheduler_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
     env.update(
         {
             "CLARION_DATA_DIR": str(tmp_path / "data"),
             "CLARION_INGEST_PORT": str(ingest_port),
             "CLARION_DISPATCHER_PORT": str(dispatcher_port),
+            "CLARION_SCHEDULER_PORT": str(scheduler_port),
             "CLARION_INGEST_TOKEN": TOKEN,
             "CLARION_LOG_FORMAT": "json",
             **(env_extra or {}),
@@ -87,7 +89,7 @@ async def running_up(
         stderr=asyncio.subprocess.STDOUT,
     )
     banner: list[str] = []
-    running = Up(process, tmp_path / "data", ingest_port, dispatcher_port, banner)
+    running = Up(process, tmp_path / "data", ingest_port, dispatcher_port, scheduler_port, banner)
     try:
         async with asyncio.timeout(STARTUP):
             assert process.stdout is not None
@@ -116,6 +118,7 @@ async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
     assert webhook in text
     assert f"http://127.0.0.1:{up.dispatcher_port}/status" in text
     assert f"http://127.0.0.1:{up.dispatcher_port}/v1/deliveries" in text
+    assert f"http://127.0.0.1:{up.scheduler_port}/metrics" in text
     # The curl command names the token's variable, never its value.
     assert '"Authorization: Bearer $CLARION_INGEST_TOKEN"' in text
     assert TOKEN not in text
@@ -126,6 +129,9 @@ async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
     assert (up.data_dir / "valkey").is_dir()
 
     async with httpx.AsyncClient(timeout=10) as client:
+        # Ready before the banner, as ingest and the dispatcher are.
+        ready = await client.get(f"http://127.0.0.1:{up.scheduler_port}/readyz")
+        assert ready.status_code == 200, ready.text
         response = await client.post(
             webhook,
             content=FIRING_SAMPLE.read_bytes(),
@@ -162,6 +168,7 @@ async def test_up_serves_alerts_then_stops_cleanly_on_ctrl_c(up: Up) -> None:
     ports = {
         "ingest": ("127.0.0.1", up.ingest_port),
         "dispatcher": ("127.0.0.1", up.dispatcher_port),
+        "scheduler": ("127.0.0.1", up.scheduler_port),
     }
     assert unavailable_ports(ports) == {}
     host, port = runtime["redis_url"].removeprefix("redis://").split(":")
@@ -178,7 +185,11 @@ async def test_up_stops_cleanly_on_sigterm(up: Up) -> None:
 
 
 async def test_a_second_up_with_the_same_data_dir_is_refused(up: Up) -> None:
-    env = clean_env(CLARION_INGEST_PORT=str(free_port()), CLARION_DISPATCHER_PORT=str(free_port()))
+    env = clean_env(
+        CLARION_INGEST_PORT=str(free_port()),
+        CLARION_DISPATCHER_PORT=str(free_port()),
+        CLARION_SCHEDULER_PORT=str(free_port()),
+    )
     second = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

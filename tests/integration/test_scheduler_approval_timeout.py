@@ -262,7 +262,8 @@ async def test_the_service_auto_publishes_what_nobody_approved(
     redis: Redis, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
     now = datetime.now(UTC)
-    cancelled = requested("ev-approved", at=now, auto_publish_at=now + timedelta(milliseconds=300))
+    # Two seconds for the consumer to handle all three, even on a loaded CI machine.
+    cancelled = requested("ev-approved", at=now, auto_publish_at=now + timedelta(seconds=2))
     waiting = requested("ev-waiting", at=now, auto_publish_at=cancelled.auto_publish_at)
     stop = asyncio.Event()
     service = asyncio.create_task(run(make_settings(), stop, plan=make_plan()))

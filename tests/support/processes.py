@@ -93,6 +93,7 @@ class System:
     log_dir: Path
     ingest_port: int = field(default_factory=free_port)
     dispatcher_port: int = field(default_factory=free_port)
+    scheduler_port: int = field(default_factory=free_port)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class System:
             **self.env,
             "CLARION_INGEST_PORT": str(self.ingest_port),
             "CLARION_DISPATCHER_PORT": str(self.dispatcher_port),
+            "CLARION_SCHEDULER_PORT": str(self.scheduler_port),
             "CLARION_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
@@ -110,7 +112,9 @@ class System:
             "dispatcher": ServiceProcess(
                 "dispatcher", env, self.log_dir, f"{self.dispatcher_url}/readyz"
             ),
-            "scheduler": ServiceProcess("scheduler", env, self.log_dir),
+            "scheduler": ServiceProcess(
+                "scheduler", env, self.log_dir, f"http://127.0.0.1:{self.scheduler_port}/readyz"
+            ),
         }
 
     @property

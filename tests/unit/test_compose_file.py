@@ -92,8 +92,24 @@ def test_dispatcher_listens_beyond_loopback_on_the_port_it_publishes(
     assert settings.local_status_url == f"http://127.0.0.1:{settings.dispatcher_port}/status"
 
 
-def test_scheduler_publishes_nothing() -> None:
-    assert "ports" not in SERVICES["scheduler"]
+def test_scheduler_listens_beyond_loopback_on_the_port_it_publishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(SERVICES["scheduler"], monkeypatch)
+
+    assert settings.scheduler_host == "0.0.0.0"
+    assert published(SERVICES["scheduler"]) == [("127.0.0.1", settings.scheduler_port)]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_are_healthy_only_when_ready_on_their_own_port(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(SERVICES[name], monkeypatch)
+    port = getattr(settings, f"{name}_port")
+
+    (command,) = [part for part in SERVICES[name]["healthcheck"]["test"] if "urlopen" in part]
+    assert f"http://127.0.0.1:{port}/readyz" in command
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

@@ -22,7 +22,12 @@ EVENTS: Final = (
     "update_due",
     "resolved",
     "postmortem_published",
+    "ack_overdue",
+    "postmortem_due",
 )
+"""Every event kind (``shared.plan.EventKind``). The last two are internal only: fan-out
+never sends them to a public audience, so a customer message about them is never checked;
+they are here so expectations can name every kind."""
 ELEMENTS: Final = (
     "impact",
     "apology",
@@ -33,7 +38,7 @@ ELEMENTS: Final = (
     "jargon",
 )
 _APOLOGY_EVENTS: Final = frozenset({"opened", "resolved"})
-_CLOSING_EVENTS: Final = frozenset({"resolved", "postmortem_published"})
+_CLOSING_EVENTS: Final = frozenset({"resolved", "postmortem_published", "postmortem_due"})
 
 _APOLOGY: Final = regex.compile(
     r"\b(?:sorry|apologi[sz]e[sd]?|apologies|apology)\b", regex.IGNORECASE

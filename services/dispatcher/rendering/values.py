@@ -3,20 +3,27 @@
 A public audience (customers) gets plain words only: the customer-facing title,
 the impact, times with their zone. It never gets alerts, labels or source links,
 so no template can leak them. An internal audience also gets the technical detail.
+
+The scheduler's internal events (``ack_overdue``, ``postmortem_due``) add how long
+it has been (``elapsed``), the severity's ``acknowledge_within`` and the operator
+API path that posts the post-mortem; fan-out never routes them to a public audience.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from services.dispatcher.rendering.timefmt import format_duration, format_timestamp
 from shared.contracts import (
     Incident,
+    IncidentAckOverdue,
     IncidentChange,
+    IncidentEscalation,
     IncidentOpened,
+    IncidentPostmortemDue,
     IncidentPostmortemPublished,
     IncidentResolved,
     IncidentSeverityChanged,
@@ -26,10 +33,16 @@ from shared.contracts import (
 from shared.plan import EventKind, Plan
 from shared.settings import Settings
 
-DispatchEvent = IncidentChange | UpdateDue
+DispatchEvent = IncidentChange | IncidentEscalation | UpdateDue
 """What the dispatcher sends messages about."""
 
 MAX_ALERTS_SHOWN: Final = 10
+RUNBOOK_LINKS: Final = ("runbook", "dashboard", "panel")
+"""The alert links an escalation names first (``AlertState.links`` keys), in this order."""
+ACKNOWLEDGE_PATH: Final = "/v1/incidents/{incident_id}/acknowledge"
+POSTMORTEM_PATH: Final = "/v1/incidents/{incident_id}/postmortem"
+"""The operator API calls that acknowledge an incident and post its post-mortem
+(ingest's ``/v1/incidents`` router)."""
 
 _KINDS: Final[dict[type[Any], EventKind]] = {
     IncidentOpened: EventKind.OPENED,
@@ -38,6 +51,8 @@ _KINDS: Final[dict[type[Any], EventKind]] = {
     UpdateDue: EventKind.UPDATE_DUE,
     IncidentResolved: EventKind.RESOLVED,
     IncidentPostmortemPublished: EventKind.POSTMORTEM_PUBLISHED,
+    IncidentAckOverdue: EventKind.ACK_OVERDUE,
+    IncidentPostmortemDue: EventKind.POSTMORTEM_DUE,
 }
 
 
@@ -116,6 +131,11 @@ def template_values(
         "external_url": None,
         "alerts": [],
         "alerts_more": 0,
+        "elapsed": _elapsed(event, incident),
+        "acknowledge_within": _exact(policy.acknowledge_within),
+        "acknowledge_path": ACKNOWLEDGE_PATH.format(incident_id=incident.id),
+        "postmortem_path": POSTMORTEM_PATH.format(incident_id=incident.id),
+        "runbooks": [],
     }
     if isinstance(event, IncidentSeverityChanged):
         values["previous_severity_words"] = context.plan.policy(event.previous_severity).name
@@ -125,7 +145,28 @@ def template_values(
     return values
 
 
-_NO_NEXT_UPDATE: Final = frozenset({EventKind.RESOLVED, EventKind.POSTMORTEM_PUBLISHED})
+_NO_NEXT_UPDATE: Final = frozenset(
+    {
+        EventKind.RESOLVED,
+        EventKind.POSTMORTEM_PUBLISHED,
+        EventKind.ACK_OVERDUE,
+        EventKind.POSTMORTEM_DUE,
+    }
+)
+
+
+def _exact(span: timedelta | None) -> str | None:
+    """A configured span, as written: "15 minutes" (whole minutes; no "about")."""
+    return None if span is None else format_duration(span).removeprefix("about ")
+
+
+def _elapsed(event: DispatchEvent, incident: Incident) -> str | None:
+    """How long the incident has gone unacknowledged, or without a post-mortem."""
+    if isinstance(event, IncidentAckOverdue):
+        return format_duration(event.occurred_at - incident.opened_at)
+    if isinstance(event, IncidentPostmortemDue):
+        return format_duration(event.occurred_at - (incident.resolved_at or event.due_at))
+    return None
 
 
 def _technical(incident: Incident, kind: EventKind) -> dict[str, Any]:
@@ -147,4 +188,16 @@ def _technical(incident: Incident, kind: EventKind) -> dict[str, Any]:
         "external_url": incident.external_url,
         "alerts": shown,
         "alerts_more": max(hidden, 0),
+        "runbooks": _runbooks(incident),
     }
+
+
+def _runbooks(incident: Incident) -> list[dict[str, str]]:
+    """The runbook, dashboard and panel links of the incident's alerts, each URL once."""
+    found: dict[str, str] = {}
+    for name in RUNBOOK_LINKS:
+        for alert in incident.alerts:
+            url = alert.links.get(name)
+            if url and url not in found:
+                found[url] = name
+    return [{"name": name, "url": url} for url, name in found.items()]
