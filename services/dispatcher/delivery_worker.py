@@ -48,6 +48,8 @@ from shared.contracts import (
     DeliveryRecorded,
     DeliveryStatus,
     Incident,
+    IncidentAckOverdue,
+    IncidentPostmortemDue,
     ScheduledDelivery,
     UpdateDue,
 )
@@ -62,6 +64,22 @@ EXPIRED: Final = "the rendered message has expired (older than CLARION_IDEMPOTEN
 INTERRUPTED: Final = "an earlier attempt was interrupted mid-send"
 
 log = get_logger("clarion.dispatcher.worker")
+
+_UPDATE_DUE: Final = UpdateDue.model_fields["type"].default
+_ACK_OVERDUE: Final = IncidentAckOverdue.model_fields["type"].default
+_POSTMORTEM_DUE: Final = IncidentPostmortemDue.model_fields["type"].default
+_CHECKED_AT_SEND: Final = frozenset({_UPDATE_DUE, _ACK_OVERDUE, _POSTMORTEM_DUE})
+
+
+def stale_reason(event_type: str, incident: Incident) -> str | None:
+    """Why an event of ``event_type`` should no longer be sent about ``incident`` as it is now."""
+    if event_type == _UPDATE_DUE and not incident.is_open:
+        return SUPPRESSED_RESOLVED
+    if event_type == _ACK_OVERDUE and (incident.acknowledged_at or not incident.is_open):
+        return "incident acknowledged or resolved since"
+    if event_type == _POSTMORTEM_DUE and (incident.postmortem_url or incident.is_open):
+        return "post-mortem posted, or incident reopened, since"
+    return None
 
 
 @dataclass(frozen=True)
@@ -228,9 +246,15 @@ class DeliveryWorker:
         return outcome, None
 
     async def _suppression(self, job: DeliveryJob) -> str | None:
-        """A scheduled update is not sent once its incident has resolved."""
-        if job.event_type != UpdateDue.model_fields["type"].default:
+        """Why a message that was right when planned is no longer worth sending, if it is
+        not: a scheduled update once resolved, an acknowledgement escalation once someone
+        acknowledged, a post-mortem reminder once the post-mortem is out."""
+        if job.event_type not in _CHECKED_AT_SEND:
             return None
+        incident = await load_incident(self._redis, job.incident_id)
+        if incident is None:
+            return None
+        return stale_reason(job.event_type, incident)
         incident = await load_incident(self._redis, job.incident_id)
         if incident is not None and not incident.is_open:
             return SUPPRESSED_RESOLVED

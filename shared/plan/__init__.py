@@ -2,6 +2,7 @@
 
 from shared.plan.loading import DEFAULT_PLAN, PlanError, PlanProblem, load_plan, parse_plan
 from shared.plan.model import (
+    INTERNAL_EVENT_KINDS,
     Audience,
     ChannelName,
     EventKind,
@@ -12,6 +13,7 @@ from shared.plan.model import (
 
 __all__ = [
     "DEFAULT_PLAN",
+    "INTERNAL_EVENT_KINDS",
     "Audience",
     "ChannelName",
     "EventKind",
