@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from services.scheduler.cadence import ScheduleItem, advance, fire
 from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.schedule_store import Claim, ScheduleStore
+from services.scheduler.timers import FIRES_IN_FLIGHT, bounded
 from shared.clock import Clock, SyncedClock
 from shared.contracts import UpdateDue
 from shared.incidents import load_incident
@@ -95,8 +96,9 @@ class Ticker:
         while True:
             claims = await self._store.claim(self._clock.now(), self._lease, self._batch_size)
             self._progressed()
+            limit = asyncio.Semaphore(FIRES_IN_FLIGHT)
             results = await asyncio.gather(
-                *(self._fire(claim) for claim in claims), return_exceptions=True
+                *(bounded(limit, self._fire(claim)) for claim in claims), return_exceptions=True
             )
             for claim, result in zip(claims, results, strict=True):
                 if isinstance(result, BaseException):

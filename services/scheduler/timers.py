@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Final, Generic
+from typing import Final, Generic, TypeVar
 
 from services.scheduler.cadence import DueItem
 from services.scheduler.metrics import SchedulerMetrics
@@ -21,6 +21,19 @@ from shared.clock import Clock
 from shared.logs import bound, get_logger
 
 BATCH_SIZE: Final = 100
+FiredT = TypeVar("FiredT")
+
+FIRES_IN_FLIGHT: Final = 16
+"""Fires publishing at once: well under a connection pool's size (redis-py's default is
+100, and the broker's subscribers hold some), so a full batch never runs out of them."""
+
+
+async def bounded(limit: asyncio.Semaphore, work: Awaitable[FiredT]) -> FiredT:
+    """``work`` once one of ``limit``'s slots is free."""
+    async with limit:
+        return await work
+
+
 _MS: Final = timedelta(milliseconds=1)
 
 log = get_logger("clarion.scheduler.timers")
@@ -64,7 +77,10 @@ class TimerFirer(Generic[ItemT]):
         fired = 0
         while True:
             claims = await self._store.claim(self._clock.now(), self._lease, BATCH_SIZE)
-            results = await asyncio.gather(*(self._fire(c) for c in claims), return_exceptions=True)
+            limit = asyncio.Semaphore(FIRES_IN_FLIGHT)
+            results = await asyncio.gather(
+                *(bounded(limit, self._fire(c)) for c in claims), return_exceptions=True
+            )
             for claim, result in zip(claims, results, strict=True):
                 if isinstance(result, Exception):  # the lease runs out; fired again later
                     log.error(
