@@ -12,7 +12,7 @@ fired twice (distinct event ids against stream entries). Results also go to
 ``bench/results/scheduler.json``.
 
     .venv/bin/python -m bench.scheduler [--items 100000] [--window 60] [--lead 10]
-        [--instances 1 3] [--tick-ms 1000] [--lease-ms 30000]
+        [--instances 1 3] [--tick-ms 250] [--lease-ms 30000]
 
 ``--tick-ms`` and ``--lease-ms`` default to the production defaults. Lateness
 below the tick interval is the tick itself; above it, the items came due faster

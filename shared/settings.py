@@ -189,7 +189,7 @@ class Settings(BaseSettings):
     idempotency_retention: Duration = timedelta(days=30)
 
     # Scheduler
-    scheduler_tick_ms: int = Field(default=1000, ge=10)
+    scheduler_tick_ms: int = Field(default=250, ge=10)
     scheduler_lease_ms: int = Field(default=30_000, ge=100)
 
     # Logging
