@@ -61,7 +61,9 @@ def call_dispatcher(
         with dispatcher_client(settings) as client:
             response = client.request(method, path, json=body, params=params)
     except httpx.HTTPError as exc:
-        fail(f"Cannot reach the dispatcher at {dispatcher_client(settings).base_url}: {exc}")
+        fail(
+            f"Cannot reach the dispatcher at {Endpoints.from_settings(settings).dispatcher}: {exc}"
+        )
     if response.status_code >= 400:
         try:
             detail = response.json().get("error", {}).get("message") or response.text

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from redis.asyncio import Redis
 
 from services.scheduler.cadence import DueItem
+from services.scheduler.incident_timers import incident_timer_firer
 from services.scheduler.schedule_store import ScheduleStore
 from services.scheduler.timers import TimerFirer
 from shared.clock import Clock
@@ -44,8 +45,7 @@ from shared.contracts import (
 from shared.incidents import load_incident
 from shared.logs import get_logger
 from shared.plan import Plan
-from shared.redis_values import DATA_FIELD
-from shared.streams import ACK_OVERDUE_DUE, ACK_OVERDUE_ITEMS, INCIDENT_EVENTS
+from shared.streams import ACK_OVERDUE_DUE, ACK_OVERDUE_ITEMS
 
 log = get_logger("clarion.scheduler.ack_overdue")
 
@@ -158,21 +158,15 @@ def ack_overdue_firer(
     whose event is not handled yet) re-arms the timer there instead.
     """
 
-    async def fire(timer: AckTimer, now: datetime) -> str | None:
-        incident = await load_incident(redis, timer.incident_id)
-        wanted = ack_deadline(incident, plan)
-        if incident is None or wanted is None:
-            log.info("ack_overdue.not_needed", incident_id=timer.incident_id)
-            return None  # acknowledged, resolved or gone
-        if wanted.due_at > now:
-            await store.change(timer.incident_id, lambda _current: wanted)
-            log.info("ack_overdue.moved", due_at=wanted.due_at.isoformat())
-            return None  # re-armed for later
-        event = ack_overdue_event(wanted, incident, now)
-        await redis.xadd(INCIDENT_EVENTS, {DATA_FIELD: event.model_dump_json()})
-        return event.event_id
-
-    return TimerFirer("ack_overdue", store, fire, clock, lease)
+    return incident_timer_firer(
+        "ack_overdue",
+        store,
+        redis,
+        clock,
+        lease,
+        needed=lambda incident: ack_deadline(incident, plan),
+        event_for=ack_overdue_event,
+    )
 
 
 __all__ = [

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from services.scheduler.ack_overdue import is_escalation, latest
 from services.scheduler.cadence import DueItem
+from services.scheduler.incident_timers import incident_timer_firer
 from services.scheduler.schedule_store import ScheduleStore
 from services.scheduler.timers import TimerFirer
 from shared.clock import Clock
@@ -38,8 +39,7 @@ from shared.contracts import (
 from shared.incidents import load_incident
 from shared.logs import get_logger
 from shared.plan import Plan
-from shared.redis_values import DATA_FIELD
-from shared.streams import INCIDENT_EVENTS, POSTMORTEM_REMINDER_DUE, POSTMORTEM_REMINDER_ITEMS
+from shared.streams import POSTMORTEM_REMINDER_DUE, POSTMORTEM_REMINDER_ITEMS
 
 log = get_logger("clarion.scheduler.postmortem_reminder")
 
@@ -136,21 +136,15 @@ def postmortem_reminder_firer(
     (or a longer ``postmortem_reminder_after``) re-arms the timer at its time.
     """
 
-    async def fire(timer: PostmortemTimer, now: datetime) -> str | None:
-        incident = await load_incident(redis, timer.incident_id)
-        wanted = reminder_for(incident, plan)
-        if incident is None or wanted is None:
-            log.info("postmortem_reminder.not_needed", incident_id=timer.incident_id)
-            return None  # reopened, post-mortem posted, or gone
-        if wanted.due_at > now:
-            await store.change(timer.incident_id, lambda _current: wanted)
-            log.info("postmortem_reminder.moved", due_at=wanted.due_at.isoformat())
-            return None  # re-armed for later
-        event = postmortem_due_event(wanted, incident, now)
-        await redis.xadd(INCIDENT_EVENTS, {DATA_FIELD: event.model_dump_json()})
-        return event.event_id
-
-    return TimerFirer("postmortem_reminder", store, fire, clock, lease)
+    return incident_timer_firer(
+        "postmortem_reminder",
+        store,
+        redis,
+        clock,
+        lease,
+        needed=lambda incident: reminder_for(incident, plan),
+        event_for=postmortem_due_event,
+    )
 
 
 __all__ = [

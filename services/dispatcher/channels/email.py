@@ -22,6 +22,7 @@ from services.dispatcher.channels.context import DriverContext
 from services.dispatcher.channels.email_mailgun import MailgunChannel
 from services.dispatcher.channels.email_message import (
     OutgoingEmail,
+    UnsubscribeLinks,
     message_id_for,
     prepare,
 )
@@ -99,6 +100,7 @@ class EmailChannel:
     ) -> None:
         """``keep_sessions``: open sessions kept for reuse (default: the channel's concurrency)."""
         self._ctx = ctx
+        self._links = UnsubscribeLinks(ctx)
         self._tls_context = tls_context
         keep = ctx.settings.channel_concurrency if keep_sessions is None else keep_sessions
         self._sessions = SmtpSessions(self._connect, keep=keep)
@@ -137,7 +139,7 @@ class EmailChannel:
         username = settings.smtp_username or None
         if username and not password:
             return NotConfigured("CLARION_SMTP_USERNAME is set but CLARION_SMTP_PASSWORD is not")
-        prepared = await prepare(self._ctx, message, recipient, delivery)
+        prepared = await prepare(self._ctx, self._links, message, recipient, delivery)
         if not isinstance(prepared, OutgoingEmail):
             return prepared
         try:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from services.dispatcher.channels.context import DriverContext
-from services.dispatcher.channels.email_message import OutgoingEmail, prepare
+from services.dispatcher.channels.email_message import OutgoingEmail, UnsubscribeLinks, prepare
 from services.dispatcher.channels.http_outcome import (
     RETRYABLE_STATUSES,
     describe,
@@ -86,6 +86,7 @@ class MailgunChannel:
 
     def __init__(self, ctx: DriverContext) -> None:
         self._ctx = ctx
+        self._links = UnsubscribeLinks(ctx)
 
     async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
         settings = self._ctx.settings
@@ -95,7 +96,7 @@ class MailgunChannel:
         domain = (settings.mailgun_domain or "").strip()
         if not domain:
             return NotConfigured(NO_DOMAIN)
-        prepared = await prepare(self._ctx, message, recipient, delivery)
+        prepared = await prepare(self._ctx, self._links, message, recipient, delivery)
         if not isinstance(prepared, OutgoingEmail):
             return prepared
         try:

@@ -179,15 +179,27 @@ def compose(
     )
 
 
-async def subscriber_unsubscribe_url(ctx: DriverContext, recipient: str) -> str:
-    """The signed one-click link for ``recipient``, under the page customers follow."""
-    secret = await unsubscribe_secret(ctx.settings, ctx.redis)
-    base = ctx.plan.follow_url(ctx.settings.local_status_url)
-    return unsubscribe_url(base, unsubscribe_token(secret, recipient.strip()))
+class UnsubscribeLinks:
+    """Signed one-click links under the page customers follow. The secret is read from
+    Redis once per driver, not once per message: it never changes once created."""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        self._ctx = ctx
+        self._secret: bytes | None = None
+
+    async def for_recipient(self, recipient: str) -> str:
+        if self._secret is None:
+            self._secret = await unsubscribe_secret(self._ctx.settings, self._ctx.redis)
+        base = self._ctx.plan.follow_url(self._ctx.settings.local_status_url)
+        return unsubscribe_url(base, unsubscribe_token(self._secret, recipient.strip()))
 
 
 async def prepare(
-    ctx: DriverContext, message: RenderedMessage, recipient: str, delivery: Delivery
+    ctx: DriverContext,
+    links: UnsubscribeLinks,
+    message: RenderedMessage,
+    recipient: str,
+    delivery: Delivery,
 ) -> OutgoingEmail | Outcome:
     """The email for a driver to send, or the outcome that stops it before any sending."""
     try:
@@ -197,7 +209,7 @@ async def prepare(
     link = None
     if delivery.public:
         try:
-            link = await subscriber_unsubscribe_url(ctx, recipient)
+            link = await links.for_recipient(recipient)
         except (RedisError, SecretUnavailable) as exc:
             return Retryable(f"unsubscribe secret unavailable: {type(exc).__name__}")
     return compose(

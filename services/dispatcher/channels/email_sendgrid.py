@@ -18,7 +18,7 @@ from typing import Any, Final
 import httpx
 
 from services.dispatcher.channels.context import DriverContext
-from services.dispatcher.channels.email_message import OutgoingEmail, prepare
+from services.dispatcher.channels.email_message import OutgoingEmail, UnsubscribeLinks, prepare
 from services.dispatcher.channels.http_outcome import (
     RETRYABLE_STATUSES,
     describe,
@@ -93,13 +93,14 @@ class SendGridChannel:
 
     def __init__(self, ctx: DriverContext) -> None:
         self._ctx = ctx
+        self._links = UnsubscribeLinks(ctx)
 
     async def send(self, message: RenderedMessage, recipient: str, delivery: Delivery) -> Outcome:
         settings = self._ctx.settings
         key = settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else ""
         if not key:
             return NotConfigured(NO_KEY)
-        prepared = await prepare(self._ctx, message, recipient, delivery)
+        prepared = await prepare(self._ctx, self._links, message, recipient, delivery)
         if not isinstance(prepared, OutgoingEmail):
             return prepared
         try:
