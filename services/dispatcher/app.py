@@ -28,12 +28,14 @@ from services.dispatcher.delivery_worker import DeliveryWorker
 from services.dispatcher.dispatch_record import DispatchRecords
 from services.dispatcher.handlers import subscribe
 from services.dispatcher.metrics import DispatcherMetrics
+from services.dispatcher.ops_pages import ops_pages
 from services.dispatcher.pipeline import Dispatcher
 from services.dispatcher.rate_limits import RateLimits, parse_rate_limits
 from services.dispatcher.retry_policy import RetryPolicy
 from services.dispatcher.routes import ops, public
 from services.dispatcher.state import DispatcherState
 from services.dispatcher.status_page_store import StatusPageStore
+from services.dispatcher.subscription_routes import subscription_routes
 from shared.clock import Clock, SystemClock
 from shared.contracts import ApprovalGranted, ApprovalRequested
 from shared.http_errors import install_error_handlers
@@ -194,6 +196,8 @@ def create_app(
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(public)
+    app.include_router(subscription_routes)
+    app.include_router(ops_pages)
     app.include_router(ops)
     app.include_router(dead_letter_routes)
     app.include_router(deliveries_router)

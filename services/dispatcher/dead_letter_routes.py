@@ -13,7 +13,7 @@ from services.dispatcher.dead_letters import (
     get_dead_letter,
     list_dead_letters,
 )
-from services.dispatcher.routes import require_ops_token
+from services.dispatcher.ops_auth import require_ops_token
 from services.dispatcher.state import State
 from shared.errors import NotFound
 from shared.http_errors import error_body

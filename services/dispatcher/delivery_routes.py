@@ -21,7 +21,7 @@ from services.dispatcher.delivery_query import (
     StreamId,
     decode_cursor,
 )
-from services.dispatcher.routes import require_ops_token
+from services.dispatcher.ops_auth import require_ops_token
 from services.dispatcher.state import State
 from shared.contracts import DeliveryRecorded, DeliveryStatus
 from shared.errors import NotFound

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from services.dispatcher.approvals import ApprovalStore, granted
-from services.dispatcher.rendering.engine import TemplateEngine
-from services.dispatcher.rendering.messages import SHIPPED_TEMPLATES
-from services.dispatcher.state import State, get_state
+from services.dispatcher.ops_auth import require_ops_token
+from services.dispatcher.page_engine import html_page
+from services.dispatcher.state import State
 from services.dispatcher.status_view import (
     StatusPage,
     build_status_page,
     status_json,
     template_values,
 )
-from shared.auth import check_bearer
 from shared.contracts import dump
 from shared.errors import NotFound
 from shared.http_errors import error_body
@@ -27,13 +26,6 @@ from shared.incidents import recent_incidents
 from shared.watchdog import stopped_subscribers
 
 STATUS_PAGE_SCAN = 100
-# Clarion's own pages render with the same engine as messages, with room for long histories.
-PAGES = TemplateEngine([SHIPPED_TEMPLATES], max_output_chars=5_000_000)
-
-
-async def require_ops_token(request: Request) -> None:
-    """When an ops token is configured, /v1/* needs ``Authorization: Bearer <token>``."""
-    check_bearer(request.headers.get("authorization"), get_state(request).settings.ops_token)
 
 
 public = APIRouter()
@@ -49,8 +41,7 @@ async def _status_page(state: State) -> StatusPage:
 async def status_html(state: State) -> HTMLResponse:
     page = await _status_page(state)
     values = template_values(page, state.plan.zones)
-    html = PAGES.render("page/status.html.j2", values)
-    return HTMLResponse(html)
+    return html_page("page/status.html.j2", values)
 
 
 @public.get("/status.json")

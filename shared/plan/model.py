@@ -224,6 +224,9 @@ class Audience(PlanModel):
     chat_webhook: tuple[ChatWebhook, ...] = ()
     webhook: tuple[SignedWebhook, ...] = ()
     status_page: bool = False
+    subscribers: bool = False
+    """People who subscribed by email on the status page (and confirmed) hear too, for the
+    incidents that touch the components they chose."""
 
     def addresses(self, channel: ChannelName) -> tuple[str, ...]:
         """Who this audience is on ``channel``, as delivery recipients (empty: not there)."""
@@ -241,9 +244,23 @@ class Audience(PlanModel):
                 return entry
         raise KeyError(address)
 
+    def reaches(self, channel: ChannelName) -> bool:
+        """True when the audience can hear on ``channel``: listed recipients, or, for email,
+        status page subscribers."""
+        return bool(self.addresses(channel)) or (channel is ChannelName.EMAIL and self.subscribers)
+
     @property
     def channels(self) -> tuple[ChannelName, ...]:
-        return tuple(c for c in ChannelName if self.addresses(c))
+        return tuple(c for c in ChannelName if self.reaches(c))
+
+
+class Component(PlanModel):
+    """A part of the product as customers know it, shown on the status page."""
+
+    name: str = Field(min_length=1, max_length=80)
+    description: str = Field(default="", max_length=500)
+    services: tuple[str, ...] = ()
+    """Incidents of these services affect the component (as do incidents naming it)."""
 
 
 class RouteMatch(PlanModel):
@@ -315,6 +332,8 @@ class Plan(PlanModel):
     severities: dict[SeverityName, SeverityPolicy] = Field(default_factory=_default_severities)
     source_severities: dict[str, dict[str, SeverityName]] = Field(default_factory=dict)
     """Each source's severity words onto SEV1..SEV4 (``"*"``: every source)."""
+    components: tuple[Component, ...] = ()
+    """What the status page lists, each with its status from the open incidents touching it."""
     audiences: dict[str, Audience] = Field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     approval: Approval = Field(default_factory=Approval)
@@ -336,6 +355,10 @@ class Plan(PlanModel):
                 f"postmortem_reminder_after must be between 1 minute and 30 days, not {reminder}"
                 " (null turns the reminder off)"
             )
+        names = [c.name.casefold() for c in self.components]
+        twice = sorted({c.name for c in self.components if names.count(c.name.casefold()) > 1})
+        if twice:
+            raise ValueError(f"components: {', '.join(twice)} named more than once")
         for number, route in enumerate(self.routes):
             self._check_route(number, route)
         return self
@@ -348,7 +371,7 @@ class Plan(PlanModel):
                 known = ", ".join(sorted(self.audiences)) or "none defined"
                 raise ValueError(f"{where}.audiences: unknown audience {name!r} ({known})")
             for channel in route.channels:
-                if not audience.addresses(channel):
+                if not audience.reaches(channel):
                     raise ValueError(
                         f"{where}.channels: audience {name!r} has no {channel.value} recipients"
                     )
@@ -389,6 +412,15 @@ class Plan(PlanModel):
     def follow_url(self, local_page: str) -> str:
         """Where customers follow incidents: the plan's page, else the built-in one."""
         return str(self.status_page_url).rstrip("/") if self.status_page_url else local_page
+
+    def components_of(self, service: str | None, components: tuple[str, ...]) -> tuple[str, ...]:
+        """The plan's component names an incident of ``service`` naming ``components`` touches."""
+        named = {c.casefold() for c in components}
+        return tuple(
+            c.name
+            for c in self.components
+            if c.name.casefold() in named or (service is not None and service in c.services)
+        )
 
     def needs_approval(self, severity: Severity) -> bool:
         return severity in self.approval.severities
