@@ -35,6 +35,7 @@ from services.dispatcher.retry_policy import RetryPolicy
 from services.dispatcher.routes import ops, public
 from services.dispatcher.state import DispatcherState
 from services.dispatcher.status_page_store import StatusPageStore
+from services.dispatcher.status_routes import status_pages
 from services.dispatcher.subscription_routes import subscription_routes
 from shared.clock import Clock, SystemClock
 from shared.contracts import ApprovalGranted, ApprovalRequested
@@ -195,11 +196,7 @@ def create_app(
 
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(public)
-    app.include_router(subscription_routes)
-    app.include_router(ops_pages)
-    app.include_router(ops)
-    app.include_router(dead_letter_routes)
-    app.include_router(deliveries_router)
-    app.include_router(metrics_router)
+    routers = (public, status_pages, subscription_routes, ops_pages, ops)
+    for router in (*routers, dead_letter_routes, deliveries_router, metrics_router):
+        app.include_router(router)
     return app

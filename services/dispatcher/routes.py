@@ -1,52 +1,23 @@
-"""HTTP routes: the public status page, ops endpoints, and health checks."""
+"""HTTP routes: health checks and approvals (the status page is in ``status_routes``)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from services.dispatcher.approvals import ApprovalStore, granted
 from services.dispatcher.ops_auth import require_ops_token
-from services.dispatcher.page_engine import html_page
 from services.dispatcher.state import State
-from services.dispatcher.status_view import (
-    StatusPage,
-    build_status_page,
-    status_json,
-    template_values,
-)
-from shared.contracts import dump
 from shared.errors import NotFound
 from shared.http_errors import error_body
-from shared.incidents import recent_incidents
 from shared.watchdog import stopped_subscribers
-
-STATUS_PAGE_SCAN = 100
-
 
 public = APIRouter()
 ops = APIRouter(prefix="/v1", dependencies=[Depends(require_ops_token)])
-
-
-async def _status_page(state: State) -> StatusPage:
-    incidents = await state.status_pages.recent(STATUS_PAGE_SCAN)
-    return build_status_page(incidents, state.plan.organization, state.clock.now())
-
-
-@public.get("/status", response_class=HTMLResponse)
-async def status_html(state: State) -> HTMLResponse:
-    page = await _status_page(state)
-    values = template_values(page, state.plan.zones)
-    return html_page("page/status.html.j2", values)
-
-
-@public.get("/status.json")
-async def status_document(state: State) -> dict[str, Any]:
-    return status_json(await _status_page(state))
 
 
 @public.get("/healthz")
@@ -66,13 +37,6 @@ async def readyz(state: State) -> dict[str, str] | JSONResponse:
         body = error_body("not_ready", f"not consuming {', '.join(stopped)}")
         return JSONResponse(body, status_code=503)
     return {"status": "ready"}
-
-
-@ops.get("/incidents")
-async def incidents(
-    state: State, limit: Annotated[int, Query(ge=1, le=1000)] = 50
-) -> list[dict[str, Any]]:
-    return [dump(incident) for incident in await recent_incidents(state.redis, limit)]
 
 
 @ops.get("/approvals", summary="Customer-facing messages waiting for approval")

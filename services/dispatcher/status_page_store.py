@@ -10,6 +10,7 @@ by their last change.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -40,6 +41,8 @@ class StatusPageUpdate(BaseModel):
     state: IncidentStatus
     headline: str
     body: str
+    next_update_at: AwareDatetime | None = None
+    """When this update promised the next one (None: no promise, e.g. once resolved)."""
 
 
 class StatusPageIncident(BaseModel):
@@ -54,6 +57,10 @@ class StatusPageIncident(BaseModel):
     opened_at: AwareDatetime
     updated_at: AwareDatetime
     resolved_at: AwareDatetime | None = None
+    components: tuple[str, ...] = ()
+    """The components an operator named on the incident (the plan maps services too)."""
+    postmortem_url: str | None = None
+    postmortem_summary: str | None = None
     updates: tuple[StatusPageUpdate, ...] = ()
 
     @property
@@ -78,6 +85,9 @@ def summary_of(incident: Incident, title: str | None = None) -> StatusPageIncide
         opened_at=incident.began_at,
         updated_at=incident.updated_at,
         resolved_at=incident.resolved_at,
+        components=incident.components,
+        postmortem_url=incident.postmortem_url,
+        postmortem_summary=incident.postmortem_summary,
     )
 
 
@@ -109,9 +119,13 @@ class StatusPageStore:
         fields = await self._redis.hgetall(status_page_incident_key(incident_id))
         return _parse(fields)
 
-    async def recent(self, limit: int = 50) -> list[StatusPageIncident]:
-        """The ``limit`` most recently changed incidents, most recent first."""
-        ids = await self._redis.zrevrange(STATUS_PAGE_INDEX, 0, limit - 1)
+    async def recent(
+        self, limit: int = 50, since: datetime | None = None
+    ) -> list[StatusPageIncident]:
+        """The ``limit`` most recently changed incidents (changed at or after ``since``),
+        most recent first."""
+        low = "-inf" if since is None else int(since.timestamp() * 1000)
+        ids = await self._redis.zrevrangebyscore(STATUS_PAGE_INDEX, "+inf", low, start=0, num=limit)
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:

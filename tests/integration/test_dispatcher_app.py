@@ -20,7 +20,7 @@ from shared.plan import PlanError
 from shared.settings import Settings
 from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS
 from tests.support.asgi import running
-from tests.support.builders import make_incident, make_incident_opened, store_incident
+from tests.support.builders import make_incident, make_incident_opened
 from tests.support.plans import make_plan
 from tests.support.smtp import SmtpServer
 from tests.support.streams import wait_for_entries
@@ -93,7 +93,8 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
     assert CUSTOMER_TITLE in page.text
     assert "Checkout is failing" not in page.text
     assert "Customers cannot place orders." in page.text
-    assert "investigating" in page.text
+    assert "Investigating" in page.text  # the status in words, not only a colour
+    assert 'href="/status/incidents/inc-42"' in page.text  # its own page
     assert "14:30 UTC, Mon 23 Nov 2026 (15:30 CET)" in page.text  # the plan's zones
     # The update's Markdown body, as HTML.
     assert "<strong>Next update by 15:30 UTC, Mon 23 Nov 2026 (16:30 CET)" in page.text
@@ -102,10 +103,17 @@ async def test_published_event_is_consumed_emailed_logged_and_shown(
     assert "All systems operational" not in page.text
 
     document = (await client.get("/status.json")).json()
-    assert document["status"] == "incident"
-    assert document["organization"] == "Example Shop"
-    assert [i["id"] for i in document["open"]] == ["inc-42"]
-    assert document["open"][0]["title"] == CUSTOMER_TITLE
+    assert document["status"] == {"indicator": "major", "description": "Partial outage"}
+    assert document["page"]["name"] == "Example Shop"
+    assert [i["id"] for i in document["incidents"]] == ["inc-42"]
+    assert document["incidents"][0]["name"] == CUSTOMER_TITLE
+    assert document["incidents"][0]["shortlink"] == "http://dispatcher/status/incidents/inc-42"
+    assert document["incidents"][0]["next_update_at"] == "2026-11-23T15:30:00Z"
+
+    own_page = await client.get("/status/incidents/inc-42")
+    assert own_page.status_code == 200
+    assert CUSTOMER_TITLE in own_page.text
+    assert "Customers cannot place orders." in own_page.text
 
     deliveries = await client.get("/v1/deliveries", headers=auth())
     assert deliveries.status_code == 200
@@ -157,7 +165,10 @@ async def test_nothing_open_shows_all_systems_operational(client: httpx.AsyncCli
 
     assert page.status_code == 200
     assert "All systems operational" in page.text
-    assert (await client.get("/status.json")).json()["status"] == "operational"
+    assert (await client.get("/status.json")).json()["status"]["indicator"] == "none"
+    missing = await client.get("/status/incidents/no-such-incident")
+    assert missing.status_code == 404
+    assert "no incident at this address" in missing.text
 
 
 @pytest.mark.parametrize(
@@ -166,7 +177,7 @@ async def test_nothing_open_shows_all_systems_operational(client: httpx.AsyncCli
 async def test_ops_endpoints_need_the_token(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
-    for path in ("/v1/deliveries", "/v1/incidents", "/v1/approvals"):
+    for path in ("/v1/deliveries", "/v1/dead-letters", "/v1/approvals"):
         response = await client.get(path, headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
@@ -184,17 +195,6 @@ async def test_deliveries_limit_is_validated(client: httpx.AsyncClient, limit: s
     error = response.json()["error"]
     assert error["code"] == "invalid_payload"
     assert [f["field"] for f in error["fields"]] == ["query.limit"]
-
-
-async def test_incidents_endpoint_lists_recent_incidents(
-    client: httpx.AsyncClient, redis: Redis
-) -> None:
-    await store_incident(redis, INCIDENT)
-
-    response = await client.get("/v1/incidents", headers=auth())
-
-    assert response.status_code == 200
-    assert [i["id"] for i in response.json()] == ["inc-42"]
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:

@@ -556,7 +556,7 @@ def test_a_title_never_carries_a_line_break() -> None:
 
 
 def test_sms_is_shortened_but_keeps_the_next_update_and_the_link() -> None:
-    plan = every_channel_plan(sms_max_segments=2)  # the whole message needs 3 segments
+    plan = every_channel_plan(sms_max_segments=1)  # the whole message needs 2 segments
     event, incident = sample(EventKind.OPENED)
 
     message = Renderer(RenderContext.of(plan, SETTINGS)).render(
@@ -566,7 +566,7 @@ def test_sms_is_shortened_but_keeps_the_next_update_and_the_link() -> None:
     assert message.shortened
     assert message.notes
     assert "shortened to" in message.notes[0]
-    assert sms_info(message.text).segments <= 2
+    assert sms_info(message.text).segments <= 1
     assert f"Next update by {NEXT_UPDATE}" in message.text
     assert STATUS_URL in message.text
     assert message.text.startswith("Example Shop: Investigating")

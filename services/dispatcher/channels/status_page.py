@@ -36,6 +36,7 @@ class StatusPageChannel:
             state=state_for(incident),
             headline=state_for(incident).value.capitalize(),
             body=message.text,
+            next_update_at=message.next_update_at,
         )
         try:
             await self._store.post(incident, update, title=message.title)

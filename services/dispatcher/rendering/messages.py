@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from services.dispatcher.rendering.values import (
     RenderContext,
     event_time,
     kind_of,
+    promised_next_update,
     template_values,
 )
 from shared.contracts import Incident
@@ -61,6 +63,7 @@ class RenderedMessage:
     status: str | None = None  # the status page state
     shortened: bool = False
     notes: tuple[str, ...] = field(default=())  # how it was shortened, for the log
+    next_update_at: datetime | None = None  # the status page shows the promise it makes
 
     @property
     def subject(self) -> str:
@@ -105,6 +108,7 @@ class Renderer:
                 title=title,
                 text=self.engine.render(lookup.find("message", ".md.j2"), values).strip(),
                 status=incident.status.value,
+                next_update_at=promised_next_update(event),
             )
         return self._json_channel(
             lookup, channel=channel, title=title, values=values, event=event, incident=incident

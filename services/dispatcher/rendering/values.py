@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from services.dispatcher.rendering.timefmt import format_duration, format_timestamp
@@ -71,10 +72,22 @@ class RenderContext:
 
     plan: Plan
     status_url: str
+    incident_pages: bool = False
+    """The built-in page, where every incident has its own page under the status URL."""
 
     @classmethod
     def of(cls, plan: Plan, settings: Settings) -> RenderContext:
-        return cls(plan=plan, status_url=plan.follow_url(settings.local_status_url))
+        return cls(
+            plan=plan,
+            status_url=plan.follow_url(settings.local_status_url),
+            incident_pages=plan.status_page_url is None,
+        )
+
+    def follow_url(self, incident_id: str) -> str:
+        """Where readers follow one incident: its own page on the built-in status page."""
+        if self.incident_pages:
+            return incident_page_url(self.status_url, incident_id)
+        return self.status_url
 
     @property
     def zones(self) -> tuple[ZoneInfo, ...]:
@@ -92,6 +105,16 @@ def customer_title(incident: Incident, plan: Plan) -> str:
     return f"{words} affecting {incident.service}" if incident.service else words
 
 
+def incident_page_url(status_url: str, incident_id: str) -> str:
+    """The stable address of one incident's page under the built-in status page."""
+    return f"{status_url.rstrip('/')}/incidents/{quote(incident_id, safe='')}"
+
+
+def promised_next_update(event: DispatchEvent) -> datetime | None:
+    """When the next update is due, as a message about ``event`` promises it; None: none."""
+    return None if kind_of(event) in _NO_NEXT_UPDATE else event.next_update_at
+
+
 def template_values(
     event: DispatchEvent, incident: Incident, context: RenderContext, audience: str, public: bool
 ) -> dict[str, Any]:
@@ -100,7 +123,7 @@ def template_values(
     kind = kind_of(event)
     ended = incident.resolved_at or event_time(event)
     began = incident.began_at
-    next_update = event.next_update_at if kind not in _NO_NEXT_UPDATE else None
+    next_update = promised_next_update(event)
     policy = context.plan.policy(incident.severity)
     values: dict[str, Any] = {
         "kind": kind.value,
@@ -116,7 +139,8 @@ def template_values(
         "status": incident.status.value,
         "timestamp": format_timestamp(event_time(event), zones),
         "next_update": format_timestamp(next_update, zones) if next_update else None,
-        "status_url": context.status_url,
+        "status_url": context.follow_url(incident.id),
+        "status_page_url": context.status_url,
         "started": format_timestamp(began, zones),
         "ended": format_timestamp(ended, zones),
         "duration": format_duration(ended - began),
