@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit integration e2e bench clean
+.PHONY: install run test test-reliability lint unit integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
+
+# The reliability suite at full size (make test runs a quick version of it).
+test-reliability: $(STAMP)
+	CLARION_RELIABILITY=full $(BIN)/pytest tests/reliability
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.webhook_to_email
