@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 
 from pydantic import SecretStr
 
@@ -38,3 +39,14 @@ def check_bearer(authorization: str | None, token: SecretStr | None) -> None:
 
 def _digest(value: str | bytes) -> bytes:
     return hashlib.sha256(value.encode() if isinstance(value, str) else value).digest()
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is 127.0.0.0/8, ::1 or an IPv4-mapped loopback address."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

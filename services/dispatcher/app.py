@@ -179,6 +179,11 @@ def create_app(
             watchdog = asyncio.create_task(
                 report_stopped_subscribers(broker, stopping, on_fatal, "dispatcher")
             )
+            if not settings.ops_token or not settings.ops_token.get_secret_value():
+                log.warning(
+                    "dispatcher.ops_loopback_only",
+                    detail="CLARION_OPS_TOKEN is not set: /v1 and /ops answer this host only",
+                )
             log.info(
                 "dispatcher.started",
                 consumer=settings.consumer_name,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +26,7 @@ from pydantic import SecretBytes, SecretStr
 from starlette.requests import Request
 
 from services.ingest import signatures
-from shared.auth import parse_authorization, secret_equals
+from shared.auth import is_loopback, parse_authorization, secret_equals
 from shared.errors import Forbidden, Unauthorized
 from shared.settings import Settings
 
@@ -196,17 +195,6 @@ def authenticate(
         "credentials are required: an Authorization header (Bearer/Basic) or a signature",
         challenges=CHALLENGES,
     )
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` is 127.0.0.0/8, ::1 or an IPv4-mapped loopback address."""
-    try:
-        address = ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def auth_warnings(settings: Settings) -> list[str]:

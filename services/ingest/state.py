@@ -10,13 +10,12 @@ from fastapi import Depends, Request
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from services.ingest.credentials import is_loopback
 from services.ingest.grouping import group_alerts
 from services.ingest.incident_store import ApplyResult, IncidentStore
 from services.ingest.intake import Intake
 from services.ingest.severity import SeverityMap, configured
 from services.ingest.sns_signature import SnsVerifier
-from shared.auth import check_bearer
+from shared.auth import check_bearer, is_loopback
 from shared.clock import Clock
 from shared.contracts import Alert
 from shared.errors import Forbidden

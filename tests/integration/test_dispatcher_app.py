@@ -204,7 +204,7 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert ready.json() == {"status": "ready"}
 
 
-async def test_without_ops_token_ops_endpoints_are_open(
+async def test_without_ops_token_ops_endpoints_answer_loopback_clients(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
     app = create_app(make_settings(ops_token=None), ManualClock(NOW))  # the default plan

@@ -16,10 +16,9 @@ from services.ingest.credentials import (
     auth_warnings,
     authenticate,
     credentials_for,
-    is_loopback,
     known_secrets,
 )
-from shared.auth import check_bearer, secret_equals
+from shared.auth import check_bearer, is_loopback, secret_equals
 from shared.errors import Forbidden, Unauthorized
 from shared.redaction import redact_text
 from shared.settings import Settings
