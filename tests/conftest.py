@@ -18,10 +18,16 @@ from redis.asyncio import Redis
 
 from shared.embedded import start_embedded_valkey
 from shared.settings import Settings
+from tests.browser.chromium import NO_CHROMIUM, find_chromium
 from tests.support.plans import write_plan
 from tests.support.smtp import SmtpServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say at the top of every run when the browser tests will skip."""
+    return NO_CHROMIUM if find_chromium() is None else None
 
 
 def load_fixture(name: str) -> dict[str, Any]:

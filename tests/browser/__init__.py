@@ -1,0 +1,1 @@
+"""Browser tests: Clarion's web pages in a real headless Chromium, driven by Playwright."""
