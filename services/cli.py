@@ -3,7 +3,10 @@
 ``clarion up`` starts an embedded Valkey (unless CLARION_REDIS_URL points at a Redis),
 then ingest, dispatcher and scheduler as supervised child processes, and prints where
 to send alerts and where to look. ``clarion outbox`` prints the emails that were queued
-locally because no SMTP server is configured.
+locally because no SMTP server is configured. The other commands live in their own
+modules and are added here: incidents and operator actions (:mod:`services.incident_commands`),
+test alerts (:mod:`services.test_alert_commands`), the plan, approvals, deliveries and
+dead letters.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from services.approval_commands import approvals_app
 from services.cli_support import fail, plan_or_fail, settings_or_fail
 from services.dead_letter_commands import dead_letters_app
 from services.delivery_commands import deliveries_app
+from services.incident_commands import actions_app, incidents_app, update_app
 from services.launcher import (
     ChildSpec,
     remove_runtime_file,
@@ -42,6 +46,7 @@ from services.local_run import (
     run_up,
 )
 from services.plan_commands import plan_app
+from services.test_alert_commands import test_alert_app
 from shared.logs import configure_logging
 from shared.redaction import redact_text
 
@@ -59,6 +64,10 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(deliveries_app)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(update_app, name="update")
+app.add_typer(actions_app)
+app.add_typer(test_alert_app)
 
 
 @app.command()

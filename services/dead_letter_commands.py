@@ -91,7 +91,9 @@ def replay(
         return
     counts = {"replayed": 0, "skipped": 0}
     settings = settings_or_fail()
-    with dispatcher_client(settings) as client, Progress(transient=False) as progress:
+    # The bar goes to stderr: stdout keeps only the summary, for scripts.
+    bar = Progress(console=Console(stderr=True), transient=False)
+    with dispatcher_client(settings) as client, bar as progress:
         task = progress.add_task("Replaying", total=len(letters))
         for letter in letters:
             try:

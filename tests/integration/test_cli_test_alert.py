@@ -1,0 +1,336 @@
+"""``clarion send-test-alert`` against a live system whose sources each want their own
+credential: basic auth (Alertmanager), an HMAC signature (Grafana), a bearer token
+(Datadog), a Standard Webhooks signature (generic) and a routing key (PagerDuty).
+
+The services run as processes over the test Valkey, one system for the module; the
+CLI runs in process with the same CLARION_* credentials, and what it opened or
+resolved is checked through ingest's operator API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import pytest
+from redis import Redis
+from typer.testing import CliRunner, Result
+
+from services.cli import app
+from services.test_alert_commands import Source
+from tests.support.ingest_requests import whsec
+from tests.support.plans import write_plan
+from tests.support.processes import System
+from tests.support.smtp import free_port
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+OPS: Final = "ops-token-for-the-test-alert-cli"
+CREDENTIALS: Final = {
+    "CLARION_ALERTMANAGER_BASIC_AUTH": "alertmanager:am-password-1",
+    "CLARION_GRAFANA_HMAC_SECRET": "grafana-hmac-secret-1",
+    "CLARION_DATADOG_TOKEN": "datadog-token-1",
+    "CLARION_GENERIC_WEBHOOK_SECRET": whsec(b"generic-webhook-key-0123456789abcdef"),
+    "CLARION_PAGERDUTY_ROUTING_KEYS": "R0utingKey0123456789abcdefABCDEF",
+}
+WRONG: Final = {
+    Source.ALERTMANAGER: (
+        {"CLARION_ALERTMANAGER_BASIC_AUTH": "alertmanager:not-the-password"},
+        "Ingest answered 401 to the test alertmanager alert: wrong user or password (Basic).",
+    ),
+    Source.GRAFANA: (
+        {"CLARION_GRAFANA_HMAC_SECRET": "not-the-hmac-secret"},
+        "Ingest answered 401 to the test grafana alert: "
+        "the Grafana signature does not match the body.",
+    ),
+    Source.DATADOG: (
+        {"CLARION_DATADOG_TOKEN": "not-the-datadog-token"},
+        "Ingest answered 401 to the test datadog alert: wrong token (Bearer).",
+    ),
+    Source.GENERIC: (
+        {"CLARION_GENERIC_WEBHOOK_SECRET": whsec(b"not-the-webhook-key-0123456789abcdef")},
+        "Ingest answered 401 to the test generic alert: "
+        "no v1 entry of webhook-signature matches the body.",
+    ),
+    Source.PAGERDUTY: (
+        {"CLARION_PAGERDUTY_ROUTING_KEYS": "N0tTheRoutingKey0123456789abcdef"},
+        "Ingest answered 400 to the test pagerduty alert: "
+        "Event object is invalid: Invalid routing key.",
+    ),
+}
+FAST: Final = {
+    "CLARION_POLLING_INTERVAL_MS": "100",
+    "CLARION_SCHEDULER_TICK_MS": "100",
+    "CLARION_RECLAIM_IDLE_MS": "2000",
+    "CLARION_IDEMPOTENCY_LEASE_MS": "2000",
+}
+
+
+@pytest.fixture(scope="module")
+def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """The three services on an emptied Valkey; no monitoring hold, so a resolved test
+    alert resolves its incident at once."""
+    with Redis.from_url(redis_url) as redis:
+        redis.flushdb()
+    root = tmp_path_factory.mktemp("cli-test-alert")
+    env = {
+        **FAST,
+        **CREDENTIALS,
+        "CLARION_REDIS_URL": redis_url,
+        "CLARION_PLAN": str(write_plan(root)),
+        "CLARION_OPS_TOKEN": OPS,
+    }
+    running = System(env=env, log_dir=root)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@dataclass(frozen=True)
+class Clarion:
+    """The ``clarion`` command with exactly these CLARION_* variables set."""
+
+    env: dict[str, str | None]
+
+    def __call__(self, *args: str) -> Result:
+        return CliRunner().invoke(app, list(args), env=self.env)
+
+    def with_env(self, **changes: str | None) -> Clarion:
+        return replace(self, env={**self.env, **changes})
+
+
+@pytest.fixture
+def clarion(system: System, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clarion:
+    """The CLI on the services' host, with the credentials ingest has."""
+    monkeypatch.chdir(tmp_path)  # no .env in the way
+    for variable in list(os.environ):
+        if variable.startswith("CLARION_"):
+            monkeypatch.delenv(variable)
+    return Clarion(
+        {
+            **CREDENTIALS,
+            "CLARION_INGEST_PORT": str(system.ingest_port),
+            "CLARION_DISPATCHER_PORT": str(system.dispatcher_port),
+            "CLARION_OPS_TOKEN": OPS,
+            "CLARION_DATA_DIR": str(tmp_path / "data"),
+            "COLUMNS": "250",
+        }
+    )
+
+
+@pytest.fixture
+def ops(system: System) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=system.ingest_url, headers={"Authorization": f"Bearer {OPS}"}, timeout=10.0
+    ) as client:
+        yield client
+
+
+def incident(ops: httpx.Client, incident_id: str) -> dict[str, Any]:
+    response = ops.get(f"/v1/incidents/{incident_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def incident_ids(ops: httpx.Client) -> set[str]:
+    response = ops.get("/v1/incidents", params={"limit": 500})
+    assert response.status_code == 200, response.text
+    return {i["id"] for i in response.json()["incidents"]}
+
+
+def sent(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, result.output
+    outcome: dict[str, Any] = json.loads(result.stdout)
+    return outcome
+
+
+def failed_cleanly(result: Result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result.output
+
+
+@pytest.mark.parametrize("source", list(Source))
+def test_each_run_opens_a_new_test_incident_and_resolve_closes_it(
+    source: Source, clarion: Clarion, ops: httpx.Client, system: System
+) -> None:
+    first = sent(clarion("send-test-alert", "--source", source, "--json"))
+    second = sent(clarion("send-test-alert", "--source", source, "--json"))
+
+    assert first["key"] != second["key"]
+    assert first["incident_id"] != second["incident_id"]
+    for run in (first, second):
+        assert run["http_status"] == 202
+        assert run["incident_id"], run
+        assert run["status_page"] == (
+            f"{system.dispatcher_url}/status/incidents/{run['incident_id']}"
+        )
+        opened = incident(ops, run["incident_id"])
+        assert opened["source"] == source.value
+        assert opened["status"] == "investigating"
+        assert opened["title"].startswith("Test alert: ")
+        assert opened["alerts"]
+        for alert in opened["alerts"]:
+            assert alert["status"] == "firing"
+            if source is Source.PAGERDUTY:  # the dedup key is the fingerprint; no labels
+                assert alert["fingerprint"] == run["key"]
+            else:
+                assert alert["labels"]["clarion_test_key"] == run["key"]
+        # PagerDuty's answer does not list events
+        assert run["events"] == (None if source is Source.PAGERDUTY else ["incident.opened"])
+    listed = clarion("incidents", "list", "--status", "open", "--json")
+    assert listed.exit_code == 0, listed.output
+    open_ids = {json.loads(line)["id"] for line in listed.stdout.splitlines()}
+    assert {first["incident_id"], second["incident_id"]} <= open_ids
+    shown = clarion("incidents", "show", second["incident_id"])
+    assert shown.exit_code == 0, shown.output
+    for alert in incident(ops, second["incident_id"])["alerts"]:
+        assert alert["fingerprint"] in shown.stdout
+    assert "Test alert: " in shown.stdout
+
+    last = sent(clarion("send-test-alert", "--source", source, "--resolve", "--json"))
+    named = sent(
+        clarion("send-test-alert", "--source", source, "--resolve", "--key", first["key"], "--json")
+    )
+
+    assert last["key"] == second["key"]  # the last one sent from here
+    assert last["incident_id"] == second["incident_id"]
+    assert named["incident_id"] == first["incident_id"]
+    if source is Source.PAGERDUTY:  # looked up through the operator API
+        assert (first["incident_status"], last["incident_status"]) == ("investigating", "resolved")
+    for run in (first, second):
+        resolved = incident(ops, run["incident_id"])
+        assert resolved["status"] == "resolved"
+        assert {a["status"] for a in resolved["alerts"]} == {"resolved"}
+
+
+async def test_the_report_names_status_incident_key_status_page_and_how_to_resolve(
+    clarion: Clarion, ops: httpx.Client, system: System
+) -> None:
+    fired = clarion("send-test-alert", "--source", "alertmanager")
+
+    assert fired.exit_code == 0, fired.output
+    lines = fired.stdout.splitlines()
+    assert lines[0] == (
+        f"Sent a test alertmanager alert (firing) to {system.ingest_url}/v1/alerts/alertmanager: "
+        "HTTP 202."
+    )
+    [incident_id] = re.findall(r"^Incident: +([0-9a-f]{32})$", fired.stdout, re.M)
+    [key] = re.findall(r"^Test key: +(clarion-test-[0-9a-f]+)$", fired.stdout, re.M)
+    assert "Events:       incident.opened" in lines
+    page = f"{system.dispatcher_url}/status/incidents/{incident_id}"
+    assert f"Status page:  {page}" in lines
+    assert lines[-1] == (
+        f"Resolve it:   clarion send-test-alert --source alertmanager --resolve --key {key}"
+    )
+    assert {a["fingerprint"] for a in incident(ops, incident_id)["alerts"]} == {
+        f"{key}-0",
+        f"{key}-1",
+    }
+    assert "am-password-1" not in fired.output
+    async with httpx.AsyncClient(timeout=10.0) as http:
+
+        async def served() -> httpx.Response | None:
+            response = await http.get(page)
+            return response if response.status_code == 200 else None
+
+        shown = await eventually(served, what=f"the status page of {incident_id}")
+    assert f'id="incident-{incident_id}"' in shown.text  # this incident's own page
+
+    resolved = clarion("send-test-alert", "--source", "alertmanager", "--resolve")
+
+    assert resolved.exit_code == 0, resolved.output
+    assert resolved.stdout.splitlines()[0].endswith(
+        f"(resolved) to {system.ingest_url}/v1/alerts/alertmanager: HTTP 202."
+    )
+    assert f"Incident:     {incident_id}" in resolved.stdout
+    assert "Events:       incident.resolved" in resolved.stdout
+    assert incident(ops, incident_id)["status"] == "resolved"
+
+
+@pytest.mark.parametrize("source", list(Source))
+def test_a_wrong_credential_is_refused_in_one_clear_line_and_opens_nothing(
+    source: Source, clarion: Clarion, ops: httpx.Client
+) -> None:
+    changes, message = WRONG[source]
+    before = incident_ids(ops)
+
+    output = failed_cleanly(clarion.with_env(**changes)("send-test-alert", "--source", source))
+
+    assert output.startswith(message + " Set CLARION_INGEST_TOKEN or ")
+    assert len(output.strip().splitlines()) == 1
+    for secret in (*changes.values(), *CREDENTIALS.values()):
+        assert secret not in output
+    assert incident_ids(ops) == before
+
+
+def test_without_the_sources_credential_here_ingest_asks_for_one(
+    clarion: Clarion, ops: httpx.Client
+) -> None:
+    before = incident_ids(ops)
+    bare = clarion.with_env(**dict.fromkeys(CREDENTIALS))
+
+    output = failed_cleanly(bare("send-test-alert", "--source", "grafana"))
+
+    assert output.startswith("Ingest answered 401 to the test grafana alert: credentials are")
+    assert "CLARION_GRAFANA_*" in output
+    assert incident_ids(ops) == before
+
+
+def test_resolve_needs_a_key_it_knows(clarion: Clarion, ops: httpx.Client) -> None:
+    nothing_sent = failed_cleanly(clarion("send-test-alert", "--source", "grafana", "--resolve"))
+    unknown = clarion(
+        "send-test-alert", "--source", "generic", "--resolve", "--key", "clarion-test-nope"
+    )
+
+    assert nothing_sent.startswith("No test grafana alert was sent from here (")
+    assert "--key" in nothing_sent
+    failed_cleanly(unknown)
+    assert "Incident:     none: no open incident has the test key clarion-test-nope" in (
+        unknown.stdout
+    )
+    assert "Nothing was resolved" in unknown.stderr
+
+
+def test_an_unreachable_ingest_is_one_clear_line(clarion: Clarion) -> None:
+    port = free_port()
+
+    output = failed_cleanly(
+        clarion("send-test-alert", "--source", "datadog", "--url", f"http://127.0.0.1:{port}")
+    )
+
+    assert output.startswith(f"Cannot reach ingest at http://127.0.0.1:{port} (")
+    assert len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        (),  # no --source
+        ("--source", "sns"),
+        ("--source", "generic", "--key", "not a key!"),
+        ("--source", "generic", "--url", "127.0.0.1:8000"),
+    ],
+)
+def test_usage_errors_exit_2(clarion: Clarion, arguments: tuple[str, ...]) -> None:
+    failed_cleanly(clarion("send-test-alert", *arguments), code=2)
+
+
+def test_help_describes_the_command() -> None:
+    result = CliRunner().invoke(app, ["send-test-alert", "--help"], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 0, result.output
+    assert "Send the source's sample alert to ingest" in result.stdout
+    for source in Source:
+        assert source.value in result.stdout
