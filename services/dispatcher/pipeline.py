@@ -21,11 +21,18 @@ from services.dispatcher.approvals import ApprovalPublisher, ApprovalStore, Pend
 from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.delivery_state import DeliveryStates
 from services.dispatcher.dispatch_record import DispatchRecords, Rendering, RenderProblem
-from services.dispatcher.fanout import Delivery, plan_deliveries
+from services.dispatcher.fanout import (
+    NO_SUBSCRIBERS,
+    Delivery,
+    EmailSubscribers,
+    email_reach,
+    plan_deliveries,
+)
 from services.dispatcher.rendering.engine import RenderFailed
 from services.dispatcher.rendering.limits import MessageTooLong
 from services.dispatcher.rendering.messages import Renderer
 from services.dispatcher.rendering.values import DispatchEvent, RenderContext
+from services.dispatcher.subscriptions import SubscriptionStore
 from shared.clock import Clock
 from shared.contracts import (
     ApprovalGranted,
@@ -41,7 +48,7 @@ from shared.logs import bound, get_logger
 from shared.plan import Plan
 from shared.redis_values import DATA_FIELD
 from shared.settings import Settings
-from shared.streams import delivery_stream, fanned_out_key
+from shared.streams import delivery_state_key, delivery_stream, fanned_out_key
 
 BATCH: Final = 500
 
@@ -71,6 +78,7 @@ class Dispatcher:
         self._states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
         self._records = DispatchRecords(redis, retention)
         self._log = delivery_log or DeliveryLog(redis)
+        self._subscriptions = SubscriptionStore(redis, clock)
 
     async def handle_incident_event(self, event: IncidentEvent, attempt: int) -> None:
         await self._dispatch(event, event.incident, attempt)
@@ -103,8 +111,12 @@ class Dispatcher:
         incident = await self._incident_for(event)
         if incident is None:
             return
-        for delivery in plan_deliveries(event, incident, self._plan):
-            if await self._states.state(delivery.delivery_id):
+        deliveries = plan_deliveries(
+            event, incident, self._plan, await self._subscribers(event, incident)
+        )
+        started = await self._started(deliveries)
+        for delivery in deliveries:
+            if delivery.delivery_id in started:
                 continue
             with bound(
                 incident_id=delivery.incident_id,
@@ -125,26 +137,51 @@ class Dispatcher:
         if await self._redis.exists(marker):
             log.info("fanout.done_before", event_id=event.event_id, approved=approved)
             return
-        deliveries = plan_deliveries(event, incident, self._plan)
+        deliveries = plan_deliveries(
+            event, incident, self._plan, await self._subscribers(event, incident)
+        )
         if approved:
             sending = [d for d in deliveries if d.needs_approval]
         else:
-            held = [
-                d
-                for d in deliveries
-                if d.needs_approval
-                and not d.suppressed
-                and not await self._states.state(d.delivery_id)  # approved and sent before
-            ]
+            waiting = [d for d in deliveries if d.needs_approval and not d.suppressed]
+            started = await self._started(waiting)  # approved and sent before
+            held = [d for d in waiting if d.delivery_id not in started]
             if held:
                 await self._hold(event, incident, held, attempt)
-            sending = [d for d in deliveries if d not in held]
+            held_ids = {d.delivery_id for d in held}
+            sending = [d for d in deliveries if d.delivery_id not in held_ids]
         await self._records.save(
             event.event_id, incident, self._render_all(event, incident, sending)
         )
         queued = await self._queue(event, sending)
         await self._redis.set(marker, 1, ex=self._retention)
         log.info("fanout.queued", event_id=event.event_id, deliveries=queued, approved=approved)
+
+    async def _subscribers(self, event: DispatchEvent, incident: Incident) -> EmailSubscribers:
+        """The status page's email subscribers for ``incident``, and the public addresses
+        that unsubscribed; read only when a route emails an audience that needs them."""
+        reach = email_reach(event, incident, self._plan)
+        if not reach.needs_lookup:
+            return NO_SUBSCRIBERS
+        addresses: list[str] = []
+        if reach.subscribers:
+            touched = self._plan.components_of(incident.service, incident.components)
+            known = [component.name for component in self._plan.components]
+            addresses = await self._subscriptions.recipients_for(touched, known)
+        unsubscribed = await self._subscriptions.unsubscribed_among(reach.public_addresses)
+        return EmailSubscribers(addresses=tuple(addresses), unsubscribed=unsubscribed)
+
+    async def _started(self, deliveries: list[Delivery]) -> set[str]:
+        """The ids of ``deliveries`` that have a delivery state (queued, sent, ...), read in
+        pipelined batches: ten thousand subscribers are not ten thousand round trips."""
+        started: set[str] = set()
+        for batch in _batches(deliveries, BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery in batch:
+                    pipe.hget(delivery_state_key(delivery.delivery_id), "state")
+                states = await pipe.execute()
+            started.update(d.delivery_id for d, state in zip(batch, states, strict=True) if state)
+        return started
 
     async def _queue(self, event: DispatchEvent, deliveries: Iterable[Delivery]) -> int:
         queued = 0
