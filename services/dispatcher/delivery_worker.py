@@ -37,10 +37,16 @@ from services.dispatcher.delivery_state import (
     retry_state,
 )
 from services.dispatcher.dispatch_record import DispatchRecords, RenderProblem
-from services.dispatcher.fanout import SUPPRESSED_RESOLVED, Delivery, idempotency_key
+from services.dispatcher.fanout import (
+    SUPPRESSED_RESOLVED,
+    SUPPRESSED_UNSUBSCRIBED,
+    Delivery,
+    idempotency_key,
+)
 from services.dispatcher.rate_limits import RateLimits
 from services.dispatcher.rendering.messages import RenderedMessage
 from services.dispatcher.retry_policy import RetryPolicy
+from services.dispatcher.subscriptions import SubscriptionStore
 from shared.clock import Clock
 from shared.contracts import (
     DeadLetter,
@@ -247,18 +253,22 @@ class DeliveryWorker:
 
     async def _suppression(self, job: DeliveryJob) -> str | None:
         """Why a message that was right when planned is no longer worth sending, if it is
-        not: a scheduled update once resolved, an acknowledgement escalation once someone
-        acknowledged, a post-mortem reminder once the post-mortem is out."""
+        not: its recipient unsubscribed since, a scheduled update once resolved, an
+        acknowledgement escalation once someone acknowledged, a post-mortem reminder once
+        the post-mortem is out."""
+        if job.public and job.channel == ChannelName.EMAIL and await self._unsubscribed(job):
+            return SUPPRESSED_UNSUBSCRIBED
         if job.event_type not in _CHECKED_AT_SEND:
             return None
         incident = await load_incident(self._redis, job.incident_id)
         if incident is None:
             return None
         return stale_reason(job.event_type, incident)
-        incident = await load_incident(self._redis, job.incident_id)
-        if incident is not None and not incident.is_open:
-            return SUPPRESSED_RESOLVED
-        return None
+
+    async def _unsubscribed(self, job: DeliveryJob) -> bool:
+        """Whether the recipient clicked unsubscribe after this delivery was planned."""
+        store = SubscriptionStore(self._redis, self._clock)
+        return bool(await store.unsubscribed_among([job.recipient]))
 
     async def _defer(
         self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta

@@ -228,6 +228,15 @@ class Audience(PlanModel):
     """People who subscribed by email on the status page (and confirmed) hear too, for the
     incidents that touch the components they chose."""
 
+    @model_validator(mode="after")
+    def _subscribers_are_public(self) -> Audience:
+        if self.subscribers and not self.public:
+            raise ValueError(
+                "subscribers: only a public audience takes status page subscribers "
+                "(their mail carries an unsubscribe link); set public: true"
+            )
+        return self
+
     def addresses(self, channel: ChannelName) -> tuple[str, ...]:
         """Who this audience is on ``channel``, as delivery recipients (empty: not there)."""
         if channel is ChannelName.STATUS_PAGE:

@@ -448,6 +448,23 @@ async def test_an_unsubscribed_subscriber_hears_no_more(
     assert email_to(SUB, "ev-2") not in {r.delivery_id for r in await pipeline.log()}
 
 
+async def test_unsubscribing_after_the_mail_was_queued_still_stops_it(
+    make_pipeline: MakePipeline, smtp_server: SmtpServer, store: SubscriptionStore
+) -> None:
+    await subscribe(store, SUB)
+    pipeline = make_pipeline(smtp=smtp_server)
+    await pipeline.handle(opened("ev-1"), drain=False)  # queued, not sent yet
+
+    await store.unsubscribe(SUB)
+    await pipeline.drain()
+
+    assert smtp_server.to(SUB) == []
+    assert len(smtp_server.to(ALICE)) == 1
+    [record] = [r for r in await pipeline.log() if r.delivery_id == email_to(SUB)]
+    assert record.status is DeliveryStatus.SUPPRESSED
+    assert record.error == "recipient unsubscribed"
+
+
 async def test_a_listed_public_address_that_unsubscribed_is_suppressed_internal_mail_is_not(
     make_pipeline: MakePipeline, smtp_server: SmtpServer, store: SubscriptionStore
 ) -> None:

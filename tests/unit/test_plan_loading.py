@@ -295,3 +295,29 @@ def test_every_condition_of_a_route_must_hold(routed: Plan) -> None:
     assert "critical checkout" not in routes(routed, severity=critical, service="search")
     updated = routes(routed, severity=critical, service="checkout", kind=EventKind.UPDATED)
     assert updated == ["checkout"]
+
+
+def test_only_a_public_audience_takes_subscribers(tmp_path: Path) -> None:
+    plan = "version: 1\naudiences:\n  team:\n    subscribers: true\n"
+
+    [line] = problem_lines(write(tmp_path, plan))
+
+    assert "audiences.team" in line
+    assert "only a public audience takes status page subscribers" in line
+
+
+def test_components_are_named_once_and_map_services(tmp_path: Path) -> None:
+    twice = "version: 1\ncomponents:\n  - name: API\n  - name: api\n"
+    [line] = problem_lines(write(tmp_path, twice))
+    assert "components: API, api named more than once" in line
+
+    plan = load_plan(
+        write(
+            tmp_path,
+            "version: 1\ncomponents:\n  - name: Checkout\n    services: [checkout-api]\n"
+            "  - name: Website\n",
+        )
+    )
+    assert plan.components_of("checkout-api", ()) == ("Checkout",)
+    assert plan.components_of(None, ("website",)) == ("Website",)
+    assert plan.components_of("batch", ("nothing",)) == ()
