@@ -309,7 +309,7 @@ def test_only_a_public_audience_takes_subscribers(tmp_path: Path) -> None:
 def test_components_are_named_once_and_map_services(tmp_path: Path) -> None:
     twice = "version: 1\ncomponents:\n  - name: API\n  - name: api\n"
     [line] = problem_lines(write(tmp_path, twice))
-    assert "components: API, api named more than once" in line
+    assert line.endswith("(components): API, api named more than once")
 
     plan = load_plan(
         write(
