@@ -19,15 +19,18 @@ Pages that carry a token in their address say ``Referrer-Policy: no-referrer`` a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import HTMLResponse
+from limits import parse
 from starlette.datastructures import FormData
 
 from services.dispatcher.page_engine import html_page
+from services.dispatcher.rate_limits import Limit, RateLimits
 from services.dispatcher.state import DispatcherState, State
 from services.dispatcher.subscription_mail import ConfirmationMailer, ask_to_confirm, scope_words
 from services.dispatcher.subscriptions import (
@@ -46,6 +49,14 @@ from services.dispatcher.unsubscribe import (
     verify_unsubscribe_token,
 )
 
+SUBSCRIBE_SCOPE: Final = "subscribe-form"
+SUBSCRIBE_LIMITS: Final = {
+    SUBSCRIBE_SCOPE: (
+        Limit(parse("10/hour"), per_recipient=True),  # per client address
+        Limit(parse("1000/hour"), per_recipient=False),  # all together: the mail budget
+    )
+}
+"""Requests to subscribe, so the form can't be used to mail-bomb strangers."""
 STATUS_HREF: Final = "/status"
 SUBSCRIBE_HREF: Final = "/status/subscribe"
 CONFIRM_HREF: Final = "/status/subscribe/confirm"
@@ -79,6 +90,8 @@ def _form_page(
     checked: frozenset[str] = frozenset(),
     error: str | None = None,
     error_field: str | None = None,
+    status_code: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
     components = [
         {
@@ -91,7 +104,8 @@ def _form_page(
     values = _values(
         state, email=email, components=components, error=error, error_field=error_field
     )
-    return html_page("page/subscribe.html.j2", values, status_code=400 if error else 200)
+    code = status_code or (400 if error else 200)
+    return html_page("page/subscribe.html.j2", values, status_code=code, headers=headers)
 
 
 def _problem(
@@ -135,6 +149,19 @@ async def subscribe(request: Request, state: State, background: BackgroundTasks)
     typed = _text(form, "email")[: MAX_ADDRESS * 2]
     requested = [value for value in form.getlist("component") if isinstance(value, str)]
     checked = frozenset(name.strip().casefold() for name in requested)
+    client = request.client.host if request.client else "unknown"
+    wait = await RateLimits(state.redis, SUBSCRIBE_LIMITS).acquire(SUBSCRIBE_SCOPE, client)
+    if wait is not None:
+        minutes = max(1, math.ceil(wait.total_seconds() / 60))
+        return _form_page(
+            state,
+            email=typed,
+            checked=checked,
+            error=f"too many subscription requests: try again in {minutes} minute(s)",
+            error_field="email",
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait.total_seconds()))},
+        )
     try:
         address = parse_address(typed)
     except InvalidAddress as exc:

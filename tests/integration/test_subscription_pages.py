@@ -485,3 +485,17 @@ def test_one_click_unsubscribe_over_http(
     assert answer.status_code == 200
     assert form.status_code == 200
     assert asyncio.run(subscribed()) == 0
+
+
+async def test_one_client_asking_too_often_gets_a_429_and_no_mail(
+    client: httpx.AsyncClient, smtp_server: SmtpServer
+) -> None:
+    answers = [await ask(client, f"person{n}@example.org") for n in range(11)]
+
+    assert [a.status_code for a in answers[:10]] == [200] * 10
+    refused = answers[10]
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) > 0
+    assert "too many subscription requests" in refused.text
+    await mail_to(smtp_server, "person9@example.org")
+    assert smtp_server.to("person10@example.org") == []  # refused: no mail was ever queued
