@@ -1,32 +1,33 @@
 """``clarion send-test-alert``: post a shipped sample alert to the running ingest.
 
-Each run sends the source's sample (``services/ingest/samples/``) with fresh
-timestamps and a new test key as its group, fingerprint or dedup key, so each
-run opens a new test incident. ``--resolve`` sends the same alert resolved: with
-``--key``, or the key of the last test alert of that source sent from here (kept
-in ``<CLARION_DATA_DIR>/test-alerts.json``).
+Each run sends the source's sample (``services/ingest/samples/``, built by
+:mod:`services.test_alert_payloads`) with fresh timestamps, a new test key as its
+group, fingerprint or dedup key, so each run opens a new test incident, and the
+severity asked for: SEV4 by default, which the shipped plan keeps internal.
+``--resolve`` sends the same alert resolved: with ``--key``, or the key of the last
+test alert of that source sent from here (kept, with its severity, in
+``<CLARION_DATA_DIR>/test-alerts.json``).
+
+Before sending, it says on stderr who will hear of it, as the plan routes it
+(:func:`services.test_alert_payloads.reach`).
 
 The request carries what the running ingest asks of that source, read from the
 same settings ingest reads: ``CLARION_INGEST_TOKEN`` or the source's own bearer
 token, basic auth, Grafana HMAC secret or Standard Webhooks secret, and for
 PagerDuty a routing key in the body. With no credential configured at all,
 ingest accepts requests from its own host only, and none is sent.
-
-The payload builders are pure functions: a sample, a key and a time in, a body out.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -39,6 +40,7 @@ from services.cli_support import (
     fail,
     ingest_client,
     ingest_url,
+    plan_or_fail,
     response_detail,
     settings_or_fail,
     unreachable,
@@ -54,42 +56,24 @@ from services.ingest.signatures import (
     grafana_signature,
     standard_webhook_signature,
 )
-from services.local_run import SAMPLES_DIR
-from shared.plan import PlanError, load_plan
+from services.test_alert_payloads import (
+    DEFAULT_SEVERITY,
+    PATHS,
+    SAMPLE_ROUTING_KEY,
+    Heard,
+    Source,
+    build_body,
+    load_sample,
+    reach,
+    reach_line,
+    severities_for,
+)
+from shared.contracts import Severity
+from shared.plan import ChannelName, Plan
 from shared.settings import Settings
 
-KEY_LABEL: Final = "clarion_test_key"
-"""The label (Datadog: tag) every test alert carries, with its key."""
-TITLE_PREFIX: Final = "Test alert: "
 KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEYS_FILE: Final = "test-alerts.json"
-GO_ZERO_TIME: Final = "0001-01-01T00:00:00Z"
-SAMPLE_ROUTING_KEY: Final = "samplekeyhere"
-
-
-class Source(StrEnum):
-    ALERTMANAGER = "alertmanager"
-    GRAFANA = "grafana"
-    PAGERDUTY = "pagerduty"
-    DATADOG = "datadog"
-    GENERIC = "generic"
-
-
-SAMPLES: Final[Mapping[Source, str]] = {
-    Source.ALERTMANAGER: "alertmanager_firing.json",
-    Source.GRAFANA: "grafana_firing.json",
-    Source.PAGERDUTY: "pagerduty_trigger.json",
-    Source.DATADOG: "datadog_triggered.json",
-    Source.GENERIC: "generic_firing.json",
-}
-
-PATHS: Final[Mapping[Source, str]] = {
-    Source.ALERTMANAGER: "/v1/alerts/alertmanager",
-    Source.GRAFANA: "/v1/alerts/grafana",
-    Source.PAGERDUTY: "/v2/enqueue",
-    Source.DATADOG: "/v1/alerts/datadog",
-    Source.GENERIC: "/v1/alerts/generic",
-}
 
 test_alert_app = typer.Typer(add_completion=False)
 
@@ -102,17 +86,35 @@ def _checked_key(value: str | None) -> str | None:
     return value
 
 
+def _severity(value: str) -> Severity:
+    try:
+        return Severity.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @test_alert_app.command(
     name="send-test-alert",
     epilog=examples(
         "clarion send-test-alert --source grafana",
         "clarion send-test-alert --source grafana --resolve",
+        "clarion send-test-alert --source generic --severity SEV1",
         "clarion send-test-alert --source pagerduty --resolve --key clarion-test-5f0c1a2b3c4d",
     ),
 )
 def send_test_alert(
     *,
     source: Annotated[Source, typer.Option("--source", "-s", help="Which source's sample.")],
+    severity: Annotated[
+        Severity | None,
+        typer.Option(
+            parser=_severity,
+            metavar="SEV1|SEV2|SEV3|SEV4",
+            show_default=False,
+            help="The test incident's severity. Default: SEV4, which the shipped plan keeps "
+            "internal (with --resolve: the severity it was sent with).",
+        ),
+    ] = None,
     resolve: Annotated[
         bool, typer.Option("--resolve", help="Send the test alert resolved instead of firing.")
     ] = False,
@@ -129,9 +131,11 @@ def send_test_alert(
 ) -> None:
     """Send the source's sample alert to ingest: each run opens a new test incident.
 
-    Every audience the plan routes the incident to hears of it, as of a real alert.
+    Every audience the plan routes its severity to hears of it, as of a real alert;
+    the command says who before sending.
     """
     settings = settings_or_fail()
+    plan = plan_or_fail(settings.plan)
     keys = KeyStore(settings.data_dir)
     if key is None:
         key = keys.last(source) if resolve else new_key()
@@ -140,25 +144,41 @@ def send_test_alert(
                 f"No test {source} alert was sent from here ({keys.path} has no key): "
                 "give the key to resolve with --key."
             )
+    if severity is None:
+        severity = keys.severity(source, key) if resolve else DEFAULT_SEVERITY
+    now = datetime.now(UTC)
     try:
         creds = credentials_for(settings, source.value)
+        heard = (
+            None if severity is None else reach(plan, source, key, severity, now, resolve=resolve)
+        )
+        body = build_body(
+            source,
+            load_sample(source),
+            key,
+            now,
+            severity=severity or DEFAULT_SEVERITY,  # resolving: the incident keeps its own
+            severities=severities_for(source, plan),
+            resolve=resolve,
+            routing_key=routing_key_for(creds),
+        )
     except ValueError as exc:
         fail(f"Invalid configuration: {exc}")
-    now = datetime.now(UTC)
-    sample = load_sample(source)
-    body = build_body(source, sample, key, now, resolve=resolve, routing_key=routing_key_for(creds))
+    typer.echo(reach_line(plan, severity, heard, resolve=resolve), err=True)
     answer = _post(ingest_url(settings, url), source, body, auth_headers(creds, body, now))
     if not resolve:
-        keys.remember(source, key)
+        keys.remember(source, key, severity or DEFAULT_SEVERITY)
     outcome = Outcome(
         source=source,
         resolve=resolve,
         key=key,
         answer=answer,
+        severity=severity,
+        heard=heard,
         # PagerDuty's answer names no incident: ask the operator API which has the alert.
         found=_incident_with_alert(settings, url, key) if source is Source.PAGERDUTY else None,
     )
-    page = _status_page(settings, outcome.incident_id)
+    page = _status_page(plan, settings, outcome.incident_id) if outcome.on_status_page else None
     if as_json:
         typer.echo(json.dumps(outcome.document(page), indent=2))
     else:
@@ -188,6 +208,10 @@ class Outcome:
     resolve: bool
     key: str
     answer: Answer
+    severity: Severity | None = None
+    """None: resolving a test incident of unknown severity (sent from elsewhere)."""
+    heard: tuple[Heard, ...] | None = None
+    """Who the plan routes it to; None when the severity is unknown."""
     found: Mapping[str, Any] | None = None
     """PagerDuty: the incident with the test alert, as the operator API shows it."""
 
@@ -206,16 +230,25 @@ class Outcome:
         return [str(event) for event in self.answer.body.get("events") or []]
 
     @property
+    def on_status_page(self) -> bool:
+        """The plan routes it to the status page (or may: severity unknown)."""
+        if self.heard is None:
+            return True
+        return any(ChannelName.STATUS_PAGE in heard.channels for heard in self.heard)
+
+    @property
     def resolved_nothing(self) -> bool:
         """Ingest took the resolved alert, but no open incident had it."""
         return self.resolve and self.events is not None and self.incident_id is None
 
-    def document(self, status_page: str) -> dict[str, Any]:
-        """The ``--json`` output."""
+    def document(self, status_page: str | None) -> dict[str, Any]:
+        """The ``--json`` output; ``status_page`` is None when the plan does not post there."""
         return {
             "source": self.source.value,
             "action": "resolve" if self.resolve else "fire",
             "key": self.key,
+            "severity": self.severity.sev if self.severity else None,
+            "audiences": None if self.heard is None else [h.document() for h in self.heard],
             "url": self.answer.url,
             "http_status": self.answer.http_status,
             "incident_id": self.incident_id,
@@ -224,15 +257,18 @@ class Outcome:
             "status_page": status_page,
         }
 
-    def report(self, status_page: str) -> list[str]:
-        """The plain output: what was sent, the answer, and where to look next."""
+    def report(self, status_page: str | None) -> list[str]:
+        """The plain output: what was sent, the answer, and where to look next (the status
+        page only when the plan posts the incident there)."""
         state = "resolved" if self.resolve else "firing"
         sent = f"Sent a test {self.source} alert ({state}) to {self.answer.url}"
         lines = [f"{sent}: HTTP {self.answer.http_status}.", f"Incident:     {self._incident()}"]
         if self.events is not None:
             events = ", ".join(self.events) or "none (ingest had this alert already)"
             lines.append(f"Events:       {events}")
-        lines += [f"Test key:     {self.key}", f"Status page:  {status_page}"]
+        lines.append(f"Test key:     {self.key}")
+        if status_page:
+            lines.append(f"Status page:  {status_page}")
         if not self.resolve:
             again = f"clarion send-test-alert --source {self.source} --resolve --key {self.key}"
             lines.append(f"Resolve it:   {again}")
@@ -297,13 +333,9 @@ def _incident_with_alert(settings: Settings, url: str | None, key: str) -> dict[
     return None
 
 
-def _status_page(settings: Settings, incident_id: str | None) -> str:
+def _status_page(plan: Plan, settings: Settings, incident_id: str | None) -> str:
     """Where people follow the incident, as its messages link it: the plan's page, else
     the incident's own page on the built-in one (its front page without an incident)."""
-    try:
-        plan = load_plan(settings.plan)
-    except PlanError:
-        return settings.local_status_url
     context = RenderContext.of(plan, settings)
     return context.follow_url(incident_id) if incident_id else context.status_url
 
@@ -317,30 +349,42 @@ def new_key() -> str:
 
 
 class KeyStore:
-    """The key of the last test alert sent from here, per source, in the data dir."""
+    """The key of the last test alert sent from here, and its severity, per source, in the
+    data dir (``{"grafana": {"key": ..., "severity": "SEV4"}}``; older files hold the key
+    alone)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / KEYS_FILE
 
-    def last(self, source: Source) -> str | None:
+    def _entries(self) -> dict[str, Any]:
         try:
-            keys = json.loads(self.path.read_text(encoding="utf-8"))
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-        key = keys.get(source.value) if isinstance(keys, dict) else None
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def last(self, source: Source) -> str | None:
+        entry = self._entries().get(source.value)
+        key = entry.get("key") if isinstance(entry, dict) else entry
         return key if isinstance(key, str) and KEY_PATTERN.fullmatch(key) else None
 
-    def remember(self, source: Source, key: str) -> None:
-        """Keep ``key`` for ``source``; a data dir that can't be written only costs a warning."""
+    def severity(self, source: Source, key: str) -> Severity | None:
+        """The severity the last test alert of ``source`` was sent with, if its key is ``key``."""
+        entry = self._entries().get(source.value)
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            return None
         try:
-            keys = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            keys = {}
-        keys = {**(keys if isinstance(keys, dict) else {}), source.value: key}
+            return Severity.parse(str(entry.get("severity")))
+        except ValueError:
+            return None
+
+    def remember(self, source: Source, key: str, severity: Severity) -> None:
+        """Keep ``key`` for ``source``; a data dir that can't be written only costs a warning."""
+        entries = {**self._entries(), source.value: {"key": key, "severity": severity.sev}}
         partial = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(keys, indent=2) + "\n", encoding="utf-8")
+            partial.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
             os.replace(partial, self.path)
         except OSError as exc:
             typer.echo(f"Could not keep the test key in {self.path} ({exc}).", err=True)
@@ -377,145 +421,3 @@ def routing_key_for(creds: SourceCredentials) -> str:
     """The PagerDuty routing key to send: a configured one, else the sample's."""
     keys = creds.routing_keys or creds.tokens
     return keys[0].get_secret_value() if keys else SAMPLE_ROUTING_KEY
-
-
-# --- Payloads ------------------------------------------------------------------------
-
-
-def load_sample(source: Source) -> dict[str, Any]:
-    sample: dict[str, Any] = json.loads((SAMPLES_DIR / SAMPLES[source]).read_text("utf-8"))
-    return sample
-
-
-def build_body(
-    source: Source,
-    sample: Mapping[str, Any],
-    key: str,
-    now: datetime,
-    *,
-    resolve: bool = False,
-    routing_key: str = SAMPLE_ROUTING_KEY,
-) -> bytes:
-    """The bytes to post (and sign): ``sample`` as a test alert with ``key``, sent at ``now``."""
-    if source is Source.PAGERDUTY:
-        payload = pagerduty_body(sample, key, now, resolve, routing_key)
-    else:
-        payload = _BUILDERS[source](sample, key, now, resolve)
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def labelled_body(
-    sample: Mapping[str, Any], key: str, now: datetime, resolve: bool
-) -> dict[str, Any]:
-    """Alertmanager's (and Grafana's) webhook: the group and every fingerprint from ``key``."""
-    body = copy.deepcopy(dict(sample))
-    status = "resolved" if resolve else "firing"
-    body["status"] = status
-    body["groupKey"] = f'{{}}:{{{KEY_LABEL}="{key}"}}'
-    for field in ("groupLabels", "commonLabels"):
-        body[field] = {**(body.get(field) or {}), KEY_LABEL: key}
-    for index, alert in enumerate(body["alerts"]):
-        labels = alert.get("labels") or {}
-        annotations = alert.get("annotations") or {}
-        summary = annotations.get("summary") or labels.get("alertname") or "Alert"
-        alert.update(
-            status=status,
-            fingerprint=f"{key}-{index}",
-            labels={**labels, KEY_LABEL: key},
-            annotations={**annotations, "summary": TITLE_PREFIX + summary},
-        )
-        if resolve:
-            alert.pop("startsAt", None)  # ingest keeps the start it knows
-            alert["endsAt"] = _rfc3339(now)
-        else:
-            alert.update(startsAt=_rfc3339(now), endsAt=GO_ZERO_TIME)
-    return body
-
-
-def grafana_body(
-    sample: Mapping[str, Any], key: str, now: datetime, resolve: bool
-) -> dict[str, Any]:
-    body = labelled_body(sample, key, now, resolve)
-    body["state"] = "ok" if resolve else "alerting"
-    return body
-
-
-def datadog_body(
-    sample: Mapping[str, Any], key: str, now: datetime, resolve: bool
-) -> dict[str, Any]:
-    """One monitor notification; ``key`` is its aggregation key (its group)."""
-    body = copy.deepcopy(dict(sample))
-    title = TITLE_PREFIX + str(body.get("alert_title") or "Datadog monitor")
-    scope = body.get("alert_scope") or ""
-    transition = "Recovered" if resolve else "Triggered"
-    millis = str(int(now.timestamp() * 1000))
-    body.update(
-        id=str(secrets.randbelow(10**18) + 10**18),
-        aggreg_key=key,
-        alert_title=title,
-        title=f"[{transition} on {{{scope}}}] {title}" if scope else f"[{transition}] {title}",
-        alert_transition=transition,
-        date=millis,
-        last_updated=millis,
-        tags=",".join(filter(None, [body.get("tags"), f"{KEY_LABEL}:{key}"])),
-    )
-    if resolve:
-        body.update(alert_type="success", alert_status="Recovered")
-    return body
-
-
-def generic_body(
-    sample: Mapping[str, Any], key: str, now: datetime, resolve: bool
-) -> dict[str, Any]:
-    """Clarion's generic format: ``key`` is the group, and the fingerprints derive from it."""
-    body = copy.deepcopy(dict(sample))
-    for index, alert in enumerate(body["alerts"]):
-        title = alert.get("title") or alert.get("summary") or "Alert"
-        alert.update(
-            status="resolved" if resolve else "firing",
-            title=TITLE_PREFIX + title,
-            fingerprint=f"{key}-{index}",
-            group=key,
-            labels={**(alert.get("labels") or {}), KEY_LABEL: key},
-        )
-        alert.pop("summary", None)
-        if resolve:
-            alert.pop("starts_at", None)
-            alert["ends_at"] = _rfc3339(now)
-        else:
-            alert.pop("ends_at", None)
-            alert["starts_at"] = _rfc3339(now)
-    return body
-
-
-def pagerduty_body(
-    sample: Mapping[str, Any], key: str, now: datetime, resolve: bool, routing_key: str
-) -> dict[str, Any]:
-    """An Events API v2 event: ``key`` is the dedup key, and so the alert's fingerprint."""
-    body = copy.deepcopy(dict(sample))
-    details = body.get("payload") or {}
-    details.update(
-        summary=TITLE_PREFIX + str(details.get("summary") or "PagerDuty event"),
-        timestamp=_rfc3339(now),
-    )
-    body.update(
-        routing_key=routing_key,
-        dedup_key=key,
-        event_action="resolve" if resolve else "trigger",
-        payload=details,
-    )
-    return body
-
-
-_BUILDERS: Final[
-    Mapping[Source, Callable[[Mapping[str, Any], str, datetime, bool], dict[str, Any]]]
-] = {
-    Source.ALERTMANAGER: labelled_body,
-    Source.GRAFANA: grafana_body,
-    Source.DATADOG: datadog_body,
-    Source.GENERIC: generic_body,
-}
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

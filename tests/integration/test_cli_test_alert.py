@@ -2,9 +2,12 @@
 credential: basic auth (Alertmanager), an HMAC signature (Grafana), a bearer token
 (Datadog), a Standard Webhooks signature (generic) and a routing key (PagerDuty).
 
-The services run as processes over the test Valkey, one system for the module; the
-CLI runs in process with the same CLARION_* credentials, and what it opened or
-resolved is checked through ingest's operator API.
+The services run as processes over the test Valkey, one system for the module, with
+the shipped default plan (no monitoring hold): SEV4 goes to engineering only, SEV1 to
+customers everywhere. Its channels have no credentials, so every message stays in the
+local outbox. The CLI runs in process with the same CLARION_* settings; what it opened
+or resolved is checked through ingest's operator API, and who heard of it through the
+dispatcher's delivery log.
 """
 
 from __future__ import annotations
@@ -12,20 +15,21 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import pytest
+import yaml
 from redis import Redis
 from typer.testing import CliRunner, Result
 
 from services.cli import app
-from services.test_alert_commands import Source
+from services.test_alert_payloads import Source
+from shared.plan import DEFAULT_PLAN
 from tests.support.ingest_requests import whsec
-from tests.support.plans import write_plan
 from tests.support.processes import System
 from tests.support.smtp import free_port
 from tests.support.waiting import eventually
@@ -65,6 +69,14 @@ WRONG: Final = {
         "Event object is invalid: Invalid routing key.",
     ),
 }
+SEV4_LINE: Final = (
+    "SEV4 is internal only in your plan: engineering (email, slack) will hear it; no customer will."
+)
+SEV1_LINE: Final = (
+    "SEV1 reaches public audiences: customers (status_page, email, sms, mastodon, bluesky, x) "
+    "will hear of this test; so will engineering (email, slack), support (email), "
+    "executives (email)."
+)
 FAST: Final = {
     "CLARION_POLLING_INTERVAL_MS": "100",
     "CLARION_SCHEDULER_TICK_MS": "100",
@@ -73,10 +85,26 @@ FAST: Final = {
 }
 
 
+def shipped_plan_without_hold(directory: Path) -> Path:
+    """The shipped default plan, with no monitoring hold: a resolved test alert resolves
+    its incident at once."""
+    plan = yaml.safe_load(DEFAULT_PLAN.read_text(encoding="utf-8"))
+    plan["monitoring_hold"] = "0s"
+    path = directory / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
-def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """The three services on an emptied Valkey; no monitoring hold, so a resolved test
-    alert resolves its incident at once."""
+def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shipped_plan_without_hold(tmp_path_factory.mktemp("cli-test-alert-plan"))
+
+
+@pytest.fixture(scope="module")
+def system(
+    redis_url: str, plan_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    """The three services on an emptied Valkey, with the shipped plan (no hold)."""
     with Redis.from_url(redis_url) as redis:
         redis.flushdb()
     root = tmp_path_factory.mktemp("cli-test-alert")
@@ -84,7 +112,7 @@ def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         **FAST,
         **CREDENTIALS,
         "CLARION_REDIS_URL": redis_url,
-        "CLARION_PLAN": str(write_plan(root)),
+        "CLARION_PLAN": str(plan_file),
         "CLARION_OPS_TOKEN": OPS,
     }
     running = System(env=env, log_dir=root)
@@ -109,8 +137,10 @@ class Clarion:
 
 
 @pytest.fixture
-def clarion(system: System, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clarion:
-    """The CLI on the services' host, with the credentials ingest has."""
+def clarion(
+    system: System, plan_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Clarion:
+    """The CLI on the services' host, with the credentials and the plan ingest has."""
     monkeypatch.chdir(tmp_path)  # no .env in the way
     for variable in list(os.environ):
         if variable.startswith("CLARION_"):
@@ -121,6 +151,7 @@ def clarion(system: System, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
             "CLARION_INGEST_PORT": str(system.ingest_port),
             "CLARION_DISPATCHER_PORT": str(system.dispatcher_port),
             "CLARION_OPS_TOKEN": OPS,
+            "CLARION_PLAN": str(plan_file),
             "CLARION_DATA_DIR": str(tmp_path / "data"),
             "COLUMNS": "250",
         }
@@ -133,6 +164,32 @@ def ops(system: System) -> Iterator[httpx.Client]:
         base_url=system.ingest_url, headers={"Authorization": f"Bearer {OPS}"}, timeout=10.0
     ) as client:
         yield client
+
+
+@pytest.fixture
+async def dispatcher(system: System) -> AsyncIterator[httpx.AsyncClient]:
+    """The dispatcher: its delivery log (with the ops token) and its status page."""
+    async with httpx.AsyncClient(
+        base_url=system.dispatcher_url, headers={"Authorization": f"Bearer {OPS}"}, timeout=10.0
+    ) as client:
+        yield client
+
+
+async def heard_of(
+    dispatcher: httpx.AsyncClient, incident_id: str, *expected: tuple[str, str]
+) -> set[tuple[str, str]]:
+    """Every (audience, channel) the delivery log has for the incident, once it has at
+    least the ``expected`` ones."""
+
+    async def recorded() -> set[tuple[str, str]] | None:
+        response = await dispatcher.get(
+            "/v1/deliveries", params={"incident_id": incident_id, "limit": 1000}
+        )
+        assert response.status_code == 200, response.text
+        found = {(d["audience"], d["channel"]) for d in response.json()["deliveries"]}
+        return found if set(expected) <= found else None
+
+    return await eventually(recorded, what=f"deliveries {expected} of {incident_id}")
 
 
 def incident(ops: httpx.Client, incident_id: str) -> dict[str, Any]:
@@ -161,23 +218,27 @@ def failed_cleanly(result: Result, code: int = 1) -> str:
     return result.output
 
 
-@pytest.mark.parametrize("source", list(Source))
-def test_each_run_opens_a_new_test_incident_and_resolve_closes_it(
-    source: Source, clarion: Clarion, ops: httpx.Client, system: System
-) -> None:
-    first = sent(clarion("send-test-alert", "--source", source, "--json"))
-    second = sent(clarion("send-test-alert", "--source", source, "--json"))
+ENGINEERING: Final = [{"audience": "engineering", "public": False, "channels": ["email", "slack"]}]
 
+
+@pytest.mark.parametrize("source", list(Source))
+async def test_each_run_opens_a_new_sev4_test_incident_and_resolve_closes_it(
+    source: Source, clarion: Clarion, ops: httpx.Client, dispatcher: httpx.AsyncClient
+) -> None:
+    runs = [clarion("send-test-alert", "--source", source, "--json") for _ in range(2)]
+    first, second = (sent(run) for run in runs)
+
+    assert [run.stderr for run in runs] == [SEV4_LINE + "\n"] * 2
     assert first["key"] != second["key"]
     assert first["incident_id"] != second["incident_id"]
     for run in (first, second):
         assert run["http_status"] == 202
         assert run["incident_id"], run
-        assert run["status_page"] == (
-            f"{system.dispatcher_url}/status/incidents/{run['incident_id']}"
-        )
+        assert (run["severity"], run["audiences"]) == ("SEV4", ENGINEERING)
+        assert run["status_page"] is None  # the plan does not post SEV4 there
         opened = incident(ops, run["incident_id"])
         assert opened["source"] == source.value
+        assert opened["severity"] == "info"  # ingest read SEV4 from the source's own words
         assert opened["status"] == "investigating"
         assert opened["title"].startswith("Test alert: ")
         assert opened["alerts"]
@@ -189,6 +250,10 @@ def test_each_run_opens_a_new_test_incident_and_resolve_closes_it(
                 assert alert["labels"]["clarion_test_key"] == run["key"]
         # PagerDuty's answer does not list events
         assert run["events"] == (None if source is Source.PAGERDUTY else ["incident.opened"])
+        told = await heard_of(
+            dispatcher, run["incident_id"], ("engineering", "email"), ("engineering", "slack")
+        )
+        assert {audience for audience, _ in told} == {"engineering"}  # no customer heard
     listed = clarion("incidents", "list", "--status", "open", "--json")
     assert listed.exit_code == 0, listed.output
     open_ids = {json.loads(line)["id"] for line in listed.stdout.splitlines()}
@@ -199,14 +264,18 @@ def test_each_run_opens_a_new_test_incident_and_resolve_closes_it(
         assert alert["fingerprint"] in shown.stdout
     assert "Test alert: " in shown.stdout
 
-    last = sent(clarion("send-test-alert", "--source", source, "--resolve", "--json"))
+    resolving = clarion("send-test-alert", "--source", source, "--resolve", "--json")
+    last = sent(resolving)
     named = sent(
         clarion("send-test-alert", "--source", source, "--resolve", "--key", first["key"], "--json")
     )
 
-    assert last["key"] == second["key"]  # the last one sent from here
+    assert last["key"] == second["key"]  # the last one sent from here, with its severity
+    assert (last["severity"], last["audiences"]) == ("SEV4", ENGINEERING)
+    assert resolving.stderr == SEV4_LINE.replace("hear it;", "hear it is resolved;") + "\n"
     assert last["incident_id"] == second["incident_id"]
     assert named["incident_id"] == first["incident_id"]
+    assert (named["severity"], named["audiences"]) == (None, None)  # sent before the last one
     if source is Source.PAGERDUTY:  # looked up through the operator API
         assert (first["incident_status"], last["incident_status"]) == ("investigating", "resolved")
     for run in (first, second):
@@ -215,12 +284,31 @@ def test_each_run_opens_a_new_test_incident_and_resolve_closes_it(
         assert {a["status"] for a in resolved["alerts"]} == {"resolved"}
 
 
-async def test_the_report_names_status_incident_key_status_page_and_how_to_resolve(
-    clarion: Clarion, ops: httpx.Client, system: System
+async def test_by_default_the_report_leaves_the_status_page_out_as_the_plan_does(
+    clarion: Clarion, dispatcher: httpx.AsyncClient, system: System
 ) -> None:
-    fired = clarion("send-test-alert", "--source", "alertmanager")
+    fired = clarion("send-test-alert", "--source", "generic")
 
     assert fired.exit_code == 0, fired.output
+    assert fired.stderr == SEV4_LINE + "\n"
+    [incident_id] = re.findall(r"^Incident: +([0-9a-f]{32})$", fired.stdout, re.M)
+    assert "Status page:" not in fired.stdout
+    assert fired.stdout.splitlines()[-1].startswith("Resolve it:   clarion send-test-alert ")
+    told = await heard_of(
+        dispatcher, incident_id, ("engineering", "email"), ("engineering", "slack")
+    )
+    assert {audience for audience, _ in told} == {"engineering"}
+    page = await dispatcher.get(f"/status/incidents/{incident_id}")
+    assert page.status_code == 404
+
+
+async def test_a_sev1_test_reaches_customers_and_its_status_page_serves_the_incident(
+    clarion: Clarion, ops: httpx.Client, dispatcher: httpx.AsyncClient, system: System
+) -> None:
+    fired = clarion("send-test-alert", "--source", "alertmanager", "--severity", "SEV1")
+
+    assert fired.exit_code == 0, fired.output
+    assert fired.stderr == SEV1_LINE + "\n"
     lines = fired.stdout.splitlines()
     assert lines[0] == (
         f"Sent a test alertmanager alert (firing) to {system.ingest_url}/v1/alerts/alertmanager: "
@@ -234,10 +322,9 @@ async def test_the_report_names_status_incident_key_status_page_and_how_to_resol
     assert lines[-1] == (
         f"Resolve it:   clarion send-test-alert --source alertmanager --resolve --key {key}"
     )
-    assert {a["fingerprint"] for a in incident(ops, incident_id)["alerts"]} == {
-        f"{key}-0",
-        f"{key}-1",
-    }
+    opened = incident(ops, incident_id)
+    assert opened["severity"] == "critical"
+    assert {a["fingerprint"] for a in opened["alerts"]} == {f"{key}-0", f"{key}-1"}
     assert "am-password-1" not in fired.output
     async with httpx.AsyncClient(timeout=10.0) as http:
 
@@ -247,16 +334,38 @@ async def test_the_report_names_status_incident_key_status_page_and_how_to_resol
 
         shown = await eventually(served, what=f"the status page of {incident_id}")
     assert f'id="incident-{incident_id}"' in shown.text  # this incident's own page
+    await heard_of(
+        dispatcher,
+        incident_id,
+        ("customers", "status_page"),
+        ("customers", "email"),
+        ("customers", "sms"),
+        ("engineering", "email"),
+        ("executives", "email"),
+    )
 
     resolved = clarion("send-test-alert", "--source", "alertmanager", "--resolve")
 
     assert resolved.exit_code == 0, resolved.output
+    assert resolved.stderr == (
+        SEV1_LINE.replace("will hear of this test", "will hear it is resolved") + "\n"
+    )
     assert resolved.stdout.splitlines()[0].endswith(
         f"(resolved) to {system.ingest_url}/v1/alerts/alertmanager: HTTP 202."
     )
     assert f"Incident:     {incident_id}" in resolved.stdout
     assert "Events:       incident.resolved" in resolved.stdout
+    assert f"Status page:  {page}" in resolved.stdout
     assert incident(ops, incident_id)["status"] == "resolved"
+
+
+def test_a_severity_may_be_named_in_words(clarion: Clarion, ops: httpx.Client) -> None:
+    result = clarion("send-test-alert", "--source", "pagerduty", "--severity", "error", "--json")
+
+    run = sent(result)
+    assert run["severity"] == "SEV2"
+    assert result.stderr.startswith("SEV2 reaches public audiences: customers (status_page, ")
+    assert incident(ops, run["incident_id"])["severity"] == "error"
 
 
 @pytest.mark.parametrize("source", list(Source))
@@ -268,8 +377,9 @@ def test_a_wrong_credential_is_refused_in_one_clear_line_and_opens_nothing(
 
     output = failed_cleanly(clarion.with_env(**changes)("send-test-alert", "--source", source))
 
-    assert output.startswith(message + " Set CLARION_INGEST_TOKEN or ")
-    assert len(output.strip().splitlines()) == 1
+    reach, refusal = output.strip().splitlines()
+    assert reach == SEV4_LINE
+    assert refusal.startswith(message + " Set CLARION_INGEST_TOKEN or ")
     for secret in (*changes.values(), *CREDENTIALS.values()):
         assert secret not in output
     assert incident_ids(ops) == before
@@ -283,8 +393,9 @@ def test_without_the_sources_credential_here_ingest_asks_for_one(
 
     output = failed_cleanly(bare("send-test-alert", "--source", "grafana"))
 
-    assert output.startswith("Ingest answered 401 to the test grafana alert: credentials are")
-    assert "CLARION_GRAFANA_*" in output
+    refusal = output.strip().splitlines()[-1]
+    assert refusal.startswith("Ingest answered 401 to the test grafana alert: credentials are")
+    assert "CLARION_GRAFANA_*" in refusal
     assert incident_ids(ops) == before
 
 
@@ -300,6 +411,9 @@ def test_resolve_needs_a_key_it_knows(clarion: Clarion, ops: httpx.Client) -> No
     assert "Incident:     none: no open incident has the test key clarion-test-nope" in (
         unknown.stdout
     )
+    assert unknown.stderr.startswith(
+        "Resolving the test incident: whoever heard of it will hear it is resolved.\n"
+    )
     assert "Nothing was resolved" in unknown.stderr
 
 
@@ -310,8 +424,9 @@ def test_an_unreachable_ingest_is_one_clear_line(clarion: Clarion) -> None:
         clarion("send-test-alert", "--source", "datadog", "--url", f"http://127.0.0.1:{port}")
     )
 
-    assert output.startswith(f"Cannot reach ingest at http://127.0.0.1:{port} (")
-    assert len(output.strip().splitlines()) == 1
+    reach, refusal = output.strip().splitlines()
+    assert reach == SEV4_LINE
+    assert refusal.startswith(f"Cannot reach ingest at http://127.0.0.1:{port} (")
 
 
 @pytest.mark.parametrize(
@@ -321,6 +436,7 @@ def test_an_unreachable_ingest_is_one_clear_line(clarion: Clarion) -> None:
         ("--source", "sns"),
         ("--source", "generic", "--key", "not a key!"),
         ("--source", "generic", "--url", "127.0.0.1:8000"),
+        ("--source", "generic", "--severity", "SEV5"),
     ],
 )
 def test_usage_errors_exit_2(clarion: Clarion, arguments: tuple[str, ...]) -> None:
@@ -332,5 +448,7 @@ def test_help_describes_the_command() -> None:
 
     assert result.exit_code == 0, result.output
     assert "Send the source's sample alert to ingest" in result.stdout
+    assert "--severity" in result.stdout
+    assert "Default: SEV4" in result.stdout
     for source in Source:
         assert source.value in result.stdout
