@@ -3,7 +3,7 @@
 A source module declares a :class:`SeverityMap`: its own words on top of the
 :data:`COMMON_WORDS` most tools share, and the level for a word it doesn't know.
 Operators override words per source, or for every source with ``"*"``, through
-``CLARION_SEVERITY_MAP``; :func:`configured` applies those overrides.
+the plan's ``source_severities``; :func:`configured` applies those overrides.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every source module has the same shape:
 
 * ``SOURCE``: the source's name, used in group keys, metrics, logs, settings
-  (``CLARION_<SOURCE>_TOKEN``) and severity overrides (``CLARION_SEVERITY_MAP``).
+  (``CLARION_<SOURCE>_TOKEN``) and severity overrides (the plan's ``source_severities``).
 * ``SEVERITIES``: a :class:`services.ingest.severity.SeverityMap` of the tool's
   severity words, with the level for words it doesn't know.
 * A frozen pydantic model of the request body. Unknown (newer) fields are ignored;
