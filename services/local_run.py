@@ -60,6 +60,10 @@ class Endpoints:
         return f"{self.dispatcher}/v1/deliveries"
 
     @property
+    def ops_pages(self) -> str:
+        return f"{self.dispatcher}/ops"
+
+    @property
     def scheduler_metrics(self) -> str:
         return f"{self.scheduler}/metrics"
 
@@ -193,6 +197,7 @@ def _banner(options: UpOptions) -> str:
         f"email {email}; channels without credentials go to `clarion outbox`"
     )
     ops = " (needs Authorization: Bearer $CLARION_OPS_TOKEN)" if settings.ops_token else ""
+    sign_in = " (sign in with $CLARION_OPS_TOKEN)" if settings.ops_token else ""
     logs = "in this terminal" if options.log_dir is None else f"{options.log_dir}/<service>.log"
     return "\n".join(
         [
@@ -201,6 +206,7 @@ def _banner(options: UpOptions) -> str:
             "",
             f"  Alertmanager webhook:  {endpoints.webhook}",
             f"  Status page:           {endpoints.status_page}",
+            f"  Ops pages:             {endpoints.ops_pages}{sign_in}",
             f"  Delivery log (API):    {endpoints.deliveries}{ops}",
             f"  Scheduler metrics:     {endpoints.scheduler_metrics}",
             f"  Plan:                  {messages}",
