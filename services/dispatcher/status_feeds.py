@@ -9,7 +9,7 @@ The XML is written by feedgen.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 from feedgen.feed import FeedGenerator
 from markupsafe import escape
@@ -20,6 +20,14 @@ from services.dispatcher.status_summary import IncidentUrl, last_change
 from services.dispatcher.status_view import StatusPage, latest_update
 
 MAX_ENTRIES: Final = 50
+
+
+class FeedWriter(Protocol):
+    """:func:`atom_feed` or :func:`rss_feed`."""
+
+    def __call__(
+        self, page: StatusPage, *, page_url: str, self_url: str, incident_url: IncidentUrl
+    ) -> bytes: ...
 
 
 def feed_incidents(page: StatusPage) -> list[StatusPageIncident]:

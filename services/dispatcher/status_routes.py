@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.dispatcher.page_engine import html_page
 from services.dispatcher.state import State
-from services.dispatcher.status_feeds import atom_feed, rss_feed
+from services.dispatcher.status_feeds import FeedWriter, atom_feed, rss_feed
 from services.dispatcher.status_presenter import (
     incident_values,
     moment,
@@ -122,26 +122,24 @@ async def status_schema() -> JSONResponse:
 
 @status_pages.get("/status/feed.atom", include_in_schema=False)
 async def feed_atom(request: Request, state: State) -> Response:
-    page = await _page(state)
-    body = atom_feed(
-        page,
-        page_url=_page_url(request),
-        self_url=str(request.url_for("feed_atom")),
-        incident_url=_incident_url(request),
-    )
-    return Response(body, media_type="application/atom+xml; charset=utf-8", headers=CACHE)
+    return await _feed(request, state, atom_feed, "feed_atom", "application/atom+xml")
 
 
 @status_pages.get("/status/feed.rss", include_in_schema=False)
 async def feed_rss(request: Request, state: State) -> Response:
-    page = await _page(state)
-    body = rss_feed(
-        page,
+    return await _feed(request, state, rss_feed, "feed_rss", "application/rss+xml")
+
+
+async def _feed(
+    request: Request, state: State, write: FeedWriter, route: str, media_type: str
+) -> Response:
+    body = write(
+        await _page(state),
         page_url=_page_url(request),
-        self_url=str(request.url_for("feed_rss")),
+        self_url=str(request.url_for(route)),
         incident_url=_incident_url(request),
     )
-    return Response(body, media_type="application/rss+xml; charset=utf-8", headers=CACHE)
+    return Response(body, media_type=f"{media_type}; charset=utf-8", headers=CACHE)
 
 
 @cache

@@ -69,7 +69,7 @@ def summary_document(
     """The summary: overall status, components, unresolved incidents."""
     updated = last_change(page)
     pid = page_id(page.organization)
-    components = [_component(view, n, pid, updated) for n, view in enumerate(page.components)]
+    components = component_objects(page, pid, updated)
     return {
         "page": page_object(page, plan, url, updated),
         "status": status_object(page),
@@ -93,7 +93,7 @@ def incidents_document(
     """``incidents.json``: open incidents, then those resolved in the last 90 days."""
     updated = last_change(page)
     pid = page_id(page.organization)
-    components = [_component(view, n, pid, updated) for n, view in enumerate(page.components)]
+    components = component_objects(page, pid, updated)
     return {
         "page": page_object(page, plan, url, updated),
         "incidents": [
@@ -105,15 +105,19 @@ def incidents_document(
 
 def components_document(page: StatusPage, plan: Plan, url: str) -> dict[str, Any]:
     updated = last_change(page)
-    pid = page_id(page.organization)
     return {
         "page": page_object(page, plan, url, updated),
-        "components": [_component(v, n, pid, updated) for n, v in enumerate(page.components)],
+        "components": component_objects(page, page_id(page.organization), updated),
     }
 
 
 def status_object(page: StatusPage) -> dict[str, str]:
     return {"indicator": page.indicator.value, "description": page.indicator.description}
+
+
+def component_objects(page: StatusPage, pid: str, updated: datetime) -> list[dict[str, Any]]:
+    """The page's components, in the plan's order."""
+    return [_component(view, n, pid, updated) for n, view in enumerate(page.components)]
 
 
 def _component(view: ComponentView, position: int, pid: str, updated: datetime) -> dict[str, Any]:

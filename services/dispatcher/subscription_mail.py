@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.dispatcher.channels.email_message import AUTO_RESPONSE_SUPPRESS, sender_domain
+from services.dispatcher.channels.smtp_sessions import smtp_client
 from services.dispatcher.outbox import OutboxMessage, queue_message
 from services.dispatcher.page_engine import PAGES
 from services.dispatcher.subscriptions import PENDING_FOR, PendingSubscription, SubscriptionStore
@@ -185,18 +186,8 @@ class ConfirmationMailer:
         if username and not password:
             raise MailNotSent("CLARION_SMTP_USERNAME is set but CLARION_SMTP_PASSWORD is not")
         try:
-            await aiosmtplib.send(
-                mail.mime(),
-                recipients=[mail.recipient],
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=username,
-                password=password if username else None,
-                use_tls=settings.smtp_tls,
-                start_tls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_seconds,
-                tls_context=self._tls_context,
-            )
+            async with smtp_client(settings, self._tls_context) as client:
+                await client.send_message(mail.mime(), recipients=[mail.recipient])
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             text = redact_text(f"{type(exc).__name__}: {exc}")
             if password:

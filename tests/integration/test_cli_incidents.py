@@ -10,19 +10,17 @@ through ingest's operator API.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import pytest
-from redis import Redis
 from typer.testing import CliRunner, Result
 
 from services.cli import app
+from tests.support.live_cli import Clarion, clarion_for, live_system
 from tests.support.plans import write_plan
 from tests.support.processes import System
 from tests.support.smtp import free_port
@@ -32,64 +30,25 @@ pytestmark = pytest.mark.integration
 OPS: Final = "ops-token-for-the-incidents-cli"
 INGEST_TOKEN: Final = "ingest-token-for-the-incidents-cli"
 UNKNOWN_ID: Final = "0123456789abcdef0123456789abcdef"
-FAST: Final = {
-    "CLARION_POLLING_INTERVAL_MS": "100",
-    "CLARION_SCHEDULER_TICK_MS": "100",
-    "CLARION_RECLAIM_IDLE_MS": "2000",
-    "CLARION_IDEMPOTENCY_LEASE_MS": "2000",
-}
 
 
 @pytest.fixture(scope="module")
 def system(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The three services on an emptied Valkey, ingest with an ops token and an ingest token."""
-    with Redis.from_url(redis_url) as redis:
-        redis.flushdb()
     root = tmp_path_factory.mktemp("cli-incidents")
     env = {
-        **FAST,
-        "CLARION_REDIS_URL": redis_url,
         "CLARION_PLAN": str(write_plan(root)),
         "CLARION_OPS_TOKEN": OPS,
         "CLARION_INGEST_TOKEN": INGEST_TOKEN,
     }
-    running = System(env=env, log_dir=root)
-    try:
-        running.start()
+    with live_system(redis_url, root, env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@dataclass(frozen=True)
-class Clarion:
-    """The ``clarion`` command with exactly these CLARION_* variables set."""
-
-    env: dict[str, str | None]
-
-    def __call__(self, *args: str) -> Result:
-        return CliRunner().invoke(app, list(args), env=self.env)
-
-    def with_env(self, **changes: str | None) -> Clarion:
-        return replace(self, env={**self.env, **changes})
 
 
 @pytest.fixture
 def clarion(system: System, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Clarion:
     """The CLI as an operator on this host runs it: ingest found by CLARION_INGEST_PORT."""
-    monkeypatch.chdir(tmp_path)  # no .env in the way
-    for variable in list(os.environ):
-        if variable.startswith("CLARION_"):
-            monkeypatch.delenv(variable)
-    return Clarion(
-        {
-            "CLARION_INGEST_PORT": str(system.ingest_port),
-            "CLARION_DISPATCHER_PORT": str(system.dispatcher_port),
-            "CLARION_OPS_TOKEN": OPS,
-            "CLARION_DATA_DIR": str(tmp_path / "data"),
-            "COLUMNS": "250",  # rich's tables, unwrapped
-        }
-    )
+    return clarion_for(system, monkeypatch, tmp_path, CLARION_OPS_TOKEN=OPS)
 
 
 @pytest.fixture

@@ -13,23 +13,21 @@ dispatcher's delivery log.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import pytest
 import yaml
-from redis import Redis
 from typer.testing import CliRunner, Result
 
 from services.cli import app
 from services.test_alert_payloads import Source
 from shared.plan import DEFAULT_PLAN
 from tests.support.ingest_requests import whsec
+from tests.support.live_cli import Clarion, clarion_for, live_system
 from tests.support.processes import System
 from tests.support.smtp import free_port
 from tests.support.waiting import eventually
@@ -77,12 +75,6 @@ SEV1_LINE: Final = (
     "will hear of this test; so will engineering (email, slack), support (email), "
     "executives (email)."
 )
-FAST: Final = {
-    "CLARION_POLLING_INTERVAL_MS": "100",
-    "CLARION_SCHEDULER_TICK_MS": "100",
-    "CLARION_RECLAIM_IDLE_MS": "2000",
-    "CLARION_IDEMPOTENCY_LEASE_MS": "2000",
-}
 
 
 def shipped_plan_without_hold(directory: Path) -> Path:
@@ -105,35 +97,9 @@ def system(
     redis_url: str, plan_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
     """The three services on an emptied Valkey, with the shipped plan (no hold)."""
-    with Redis.from_url(redis_url) as redis:
-        redis.flushdb()
-    root = tmp_path_factory.mktemp("cli-test-alert")
-    env = {
-        **FAST,
-        **CREDENTIALS,
-        "CLARION_REDIS_URL": redis_url,
-        "CLARION_PLAN": str(plan_file),
-        "CLARION_OPS_TOKEN": OPS,
-    }
-    running = System(env=env, log_dir=root)
-    try:
-        running.start()
+    env = {**CREDENTIALS, "CLARION_PLAN": str(plan_file), "CLARION_OPS_TOKEN": OPS}
+    with live_system(redis_url, tmp_path_factory.mktemp("cli-test-alert"), env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@dataclass(frozen=True)
-class Clarion:
-    """The ``clarion`` command with exactly these CLARION_* variables set."""
-
-    env: dict[str, str | None]
-
-    def __call__(self, *args: str) -> Result:
-        return CliRunner().invoke(app, list(args), env=self.env)
-
-    def with_env(self, **changes: str | None) -> Clarion:
-        return replace(self, env={**self.env, **changes})
 
 
 @pytest.fixture
@@ -141,20 +107,13 @@ def clarion(
     system: System, plan_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Clarion:
     """The CLI on the services' host, with the credentials and the plan ingest has."""
-    monkeypatch.chdir(tmp_path)  # no .env in the way
-    for variable in list(os.environ):
-        if variable.startswith("CLARION_"):
-            monkeypatch.delenv(variable)
-    return Clarion(
-        {
-            **CREDENTIALS,
-            "CLARION_INGEST_PORT": str(system.ingest_port),
-            "CLARION_DISPATCHER_PORT": str(system.dispatcher_port),
-            "CLARION_OPS_TOKEN": OPS,
-            "CLARION_PLAN": str(plan_file),
-            "CLARION_DATA_DIR": str(tmp_path / "data"),
-            "COLUMNS": "250",
-        }
+    return clarion_for(
+        system,
+        monkeypatch,
+        tmp_path,
+        **CREDENTIALS,
+        CLARION_OPS_TOKEN=OPS,
+        CLARION_PLAN=str(plan_file),
     )
 
 

@@ -28,7 +28,7 @@ from services.dispatcher.channels.email_message import (
 )
 from services.dispatcher.channels.email_sendgrid import SendGridChannel
 from services.dispatcher.channels.outcome import NotConfigured, Outcome, Permanent, Retryable, Sent
-from services.dispatcher.channels.smtp_sessions import SmtpSessions
+from services.dispatcher.channels.smtp_sessions import SmtpSessions, smtp_client
 from services.dispatcher.fanout import Delivery
 from services.dispatcher.rendering.messages import RenderedMessage
 from shared.redaction import REDACTED, redact_text
@@ -109,19 +109,7 @@ class EmailChannel:
         await self._sessions.aclose()
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        settings = self._ctx.settings
-        username = settings.smtp_username or None
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        session = aiosmtplib.SMTP(
-            hostname=settings.smtp_host,
-            port=settings.smtp_port,
-            username=username,
-            password=password if username else None,
-            use_tls=settings.smtp_tls,
-            start_tls=settings.smtp_starttls,
-            timeout=settings.smtp_timeout_seconds,
-            tls_context=self._tls_context,
-        )
+        session = smtp_client(self._ctx.settings, self._tls_context)
         try:
             await session.connect()  # and STARTTLS and AUTH, as configured
         except BaseException:

@@ -12,6 +12,7 @@ costs a delivery an attempt.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.message import EmailMessage
@@ -19,7 +20,26 @@ from typing import Final
 
 import aiosmtplib
 
+from shared.settings import Settings
+
 CHECK_AFTER_SECONDS: Final = 5.0
+
+
+def smtp_client(settings: Settings, tls_context: ssl.SSLContext | None = None) -> aiosmtplib.SMTP:
+    """A client for the CLARION_SMTP_* server, not connected yet (``connect()`` also does
+    STARTTLS and AUTH, as configured)."""
+    username = settings.smtp_username or None
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return aiosmtplib.SMTP(
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        username=username,
+        password=password if username else None,
+        use_tls=settings.smtp_tls,
+        start_tls=settings.smtp_starttls,
+        timeout=settings.smtp_timeout_seconds,
+        tls_context=tls_context,
+    )
 
 
 class SmtpSessions:
