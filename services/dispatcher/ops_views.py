@@ -216,6 +216,7 @@ class DeliveryRow:
     incident_id: str
     incident_href: str
     event_id: str
+    event: str
     channel: str
     audience: str
     recipient: str
@@ -231,6 +232,7 @@ def delivery_row(record: DeliveryRecorded, zone: tzinfo) -> DeliveryRow:
         incident_id=record.incident_id,
         incident_href=incident_href(record.incident_id),
         event_id=record.event_id,
+        event=event_label(record.event_id, record.incident_id),
         channel=record.channel,
         audience=record.audience or "",
         recipient=mask_recipient(record.recipient),  # already masked by the log; idempotent

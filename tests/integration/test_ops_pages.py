@@ -538,7 +538,7 @@ async def test_filters_narrow_the_deliveries_page(http: httpx.AsyncClient, redis
     page = await http.get("/ops/deliveries", params={"channel": "sms"})
     [row] = rows_of(page, "delivery")
     assert row.cells[1:] == [
-        "inc-1", "inc-1:1:incident.opened", "team", "sms", "+*******4567", "failed", "1",
+        "inc-1", "Opened (revision 1)", "team", "sms", "+*******4567", "failed", "1",
         "invalid number",
     ]  # fmt: skip
     assert '<option value="sms" selected>sms</option>' in page.text
