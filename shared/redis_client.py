@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from faststream.redis import RedisBroker
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,6 +15,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.streams import CONSUMER_GROUPS
 
 _RETRY_ATTEMPTS = 6
+MAX_CONNECTIONS = 200
+"""Connections one client opens at most; past that, callers wait for one to come back."""
+POOL_WAIT_SECONDS = 10.0
+"""How long a caller waits for a free connection before its command fails."""
 
 
 def _retry() -> Retry:
@@ -25,16 +29,23 @@ RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
 
 def connect(url: str) -> Redis:
-    """A client that rides out a short Redis restart instead of failing the caller."""
-    client: Redis = Redis.from_url(
+    """A client that rides out a short Redis restart instead of failing the caller.
+
+    Its pool blocks: a burst of concurrent requests (each ingest request holds a
+    connection for its transaction) waits for a free connection rather than failing
+    with "too many connections" as redis-py's default pool does past its limit.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT_SECONDS,
         retry=_retry(),
         retry_on_error=RETRY_ON,
         health_check_interval=15,
         socket_keepalive=True,
         socket_connect_timeout=2.0,
     )
-    return client
+    return Redis.from_pool(pool)
 
 
 def broker_retry() -> Retry:

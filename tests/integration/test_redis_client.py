@@ -1,0 +1,55 @@
+"""The services' Redis client under a burst: callers wait for a connection, none fails."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.redis_client import MAX_CONNECTIONS, connect
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Burst:
+    holding: int = 0
+    most: int = 0
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def transaction(self, client: Redis, key: str) -> str:
+        """What an ingest request does: WATCH a key (its connection stays taken), then write."""
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            self.holding += 1
+            self.most = max(self.most, self.holding)
+            if self.holding == MAX_CONNECTIONS:
+                self.full.set()
+            await self.release.wait()
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(key, "done")
+            await pipe.execute()
+            self.holding -= 1
+        return key
+
+
+async def test_more_concurrent_transactions_than_connections_wait_and_all_succeed(
+    redis: Redis, redis_url: str
+) -> None:
+    client = connect(redis_url)
+    burst = Burst()
+    size = MAX_CONNECTIONS + 50
+    try:
+        tasks = [asyncio.create_task(burst.transaction(client, f"burst:{n}")) for n in range(size)]
+        await asyncio.wait_for(burst.full.wait(), timeout=60)
+        burst.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    finally:
+        await client.aclose()
+
+    assert len(done) == size
+    assert burst.most == MAX_CONNECTIONS  # the other 50 waited for a connection
+    assert await redis.mget([f"burst:{n}" for n in range(size)]) == [b"done"] * size
