@@ -39,7 +39,7 @@ test-reliability: $(STAMP)
 	CLARION_RELIABILITY=full $(BIN)/pytest tests/reliability
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.webhook_to_email
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

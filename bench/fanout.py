@@ -1,128 +1,162 @@
-"""Fan-out: one SEV1 incident to 10,000 email and 1,000 SMS recipients.
+"""Scenario 3, fan-out: one SEV1 incident to 10,000 email and 1,000 SMS recipients.
 
-Runs the three services as processes against an embedded Valkey, a local aiosmtpd
-server and a local stand-in for Twilio, publishes one incident-opened event, and
-prints how long until every delivery is recorded sent, the rate, and the
-dispatcher's peak resident memory (VmHWM).
+Runs the three services as processes on the benchmark's Redis, with the sinks'
+SMTP server and its HTTP sink standing in for Twilio, publishes one incident-opened
+event, and reports how long until every delivery is recorded sent, the rate, and
+the dispatcher's peak resident memory (VmHWM).
 
     .venv/bin/python -m bench.fanout [--emails 10000] [--sms 1000]
+
+Run on its own it only prints; ``make bench`` (``python -m bench.run_all``) runs it
+among the other scenarios and writes ``bench/results/fanout.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.environment import BenchEnv, bench_environment, pid_of
+from bench.procstats import peak_rss_mb
+from bench.report import Figure, ScenarioResult, table
 from shared.contracts import DeliveryStatus, IncidentOpened, Severity
-from shared.embedded import start_embedded_valkey
 from shared.redis_values import DATA_FIELD, data_entries
 from shared.streams import DELIVERY_LOG, INCIDENT_EVENTS
 from tests.support.builders import make_incident
-from tests.support.fake_provider import FakeProvider
 from tests.support.plans import write_plan
-from tests.support.processes import System
-from tests.support.smtp import SmtpServer
+
+NAME = "fanout"
+TWILIO_PATH = "/2010-04-01/Accounts/ACbench/Messages.json"
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+@dataclass(frozen=True)
+class Options:
+    emails: int = 10_000
+    sms: int = 1_000
+    timeout: float = 900.0
 
 
-async def _sent(redis: Redis) -> int:
-    """Records in the delivery log with status sent (read in pages)."""
-    count, start = 0, "-"
-    while True:
-        raw = await redis.xrange(DELIVERY_LOG, min=start, count=5000)
-        entries = data_entries(raw)
-        count += sum(f'"status":"{DeliveryStatus.SENT.value}"'.encode() in p for _, p in entries)
-        if len(raw or ()) < 5000:
-            return count
-        start = f"({entries[-1][0]}"
+QUICK = Options(emails=300, sms=30, timeout=120.0)
 
 
-async def run(emails: int, sms: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp, FakeProvider() as twilio:
-        twilio.answer(
-            "POST",
-            "/2010-04-01/Accounts/ACbench/Messages.json",
-            201,
-            json={"sid": "SMbench", "status": "queued"},
+class SentCounter:
+    """Counts ``sent`` records in the delivery log, reading only what is new each time."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._last = "-"
+        self.sent = 0
+
+    async def count(self) -> int:
+        needle = f'"status":"{DeliveryStatus.SENT.value}"'.encode()
+        while True:
+            raw = await self._redis.xrange(DELIVERY_LOG, min=self._last, count=5000)
+            entries = data_entries(raw)
+            for entry_id, payload in entries:
+                data = payload.encode() if isinstance(payload, str) else payload
+                self.sent += needle in data
+                self._last = f"({entry_id}"
+            if len(raw or ()) < 5000:
+                return self.sent
+
+
+def _plan(directory: Path, emails: int, sms: int) -> Path:
+    addresses = [f"user{i}@example.com" for i in range(emails)]
+    customers: dict[str, object] = {"public": True, "status_page": True, "email": addresses}
+    if sms:
+        customers["sms"] = [f"+1415555{i:04d}" for i in range(sms)]
+    return write_plan(directory, addresses, audiences={"customers": customers})
+
+
+async def run(env: BenchEnv, options: Options) -> ScenarioResult:
+    await env.reset()
+    directory = env.directory(NAME)
+    system = env.system(
+        _plan(directory, options.emails, options.sms),
+        directory,
+        CLARION_TWILIO_ACCOUNT_SID="ACbench",
+        CLARION_TWILIO_AUTH_TOKEN="bench-token",  # a local stand-in's
+        CLARION_TWILIO_FROM="+14155550000",
+        CLARION_TWILIO_API_URL=env.sinks.http_url,
+        CLARION_RATE_LIMITS="sms=100000/second",
+    )
+    before = await env.sinks.counts()
+    try:
+        env.start(system)
+        print(
+            f"fan-out: {options.emails:,} emails + {options.sms:,} SMS + the status page",
+            flush=True,
         )
-        valkey = start_embedded_valkey(Path(tmp) / "valkey")
-        smtp = SmtpServer()
-        smtp.start()
-        addresses = [f"user{i}@example.com" for i in range(emails)]
-        phones = [f"+1415555{i:04d}" for i in range(sms)]
-        plan = write_plan(Path(tmp), addresses)
-        if phones:
-            numbers = "".join(f"    - '{p}'\n" for p in phones)
-            text = plan.read_text().replace(
-                "status_page: true", f"status_page: true\n    sms:\n{numbers}"
-            )
-            plan.write_text(text)
-        system = System(
-            env={
-                "CLARION_REDIS_URL": str(valkey.connection_url),
-                "CLARION_SMTP_HOST": smtp.host,
-                "CLARION_SMTP_PORT": str(smtp.port),
-                "CLARION_PLAN": str(plan),
-                "CLARION_LOG_LEVEL": "WARNING",
-                "CLARION_TWILIO_ACCOUNT_SID": "ACbench",
-                "CLARION_TWILIO_AUTH_TOKEN": "bench-token",
-                "CLARION_TWILIO_FROM": "+14155550000",
-                "CLARION_TWILIO_API_URL": twilio.url,
-                "CLARION_RATE_LIMITS": "sms=100000/second",
-            },
-            log_dir=Path(tmp),
+        now = datetime.now(UTC)
+        incident = make_incident(id="inc-fanout", severity=Severity.CRITICAL, opened_at=now)
+        event = IncidentOpened(
+            event_id="ev-fanout",
+            occurred_at=now,
+            incident=incident,
+            next_update_at=now + timedelta(minutes=30),
         )
-        redis = Redis.from_url(str(valkey.connection_url))
-        try:
-            system.start()
-            now = datetime.now(UTC)
-            incident = make_incident(id="inc-fanout", severity=Severity.CRITICAL, opened_at=now)
-            event = IncidentOpened(
-                event_id="ev-fanout",
-                occurred_at=now,
-                incident=incident,
-                next_update_at=now + timedelta(minutes=30),
-            )
-            expected = emails + sms + 1  # and the status page
-            started = time.perf_counter()
-            await redis.xadd(INCIDENT_EVENTS, {DATA_FIELD: event.model_dump_json()})
-            while (sent := await _sent(redis)) < expected:
-                if time.perf_counter() - started > 900:
-                    raise SystemExit(f"only {sent} of {expected} sent after 900 s")
-                await asyncio.sleep(0.5)  # a benchmark polls; tests never sleep
-            elapsed = time.perf_counter() - started
-            process = system["dispatcher"].process
-            assert process is not None
-            print(f"fan-out of {emails} emails + {sms} SMS + 1 status page post")
-            print(f"  all {expected} sent in {elapsed:.1f} s: {expected / elapsed:,.0f} messages/s")
-            received = len(smtp.mailbox.messages), len(twilio.received)
-            print(f"  SMTP sink received {received[0]}, Twilio stand-in {received[1]}")
-            print(f"  dispatcher peak RSS: {_peak_rss_mb(process.pid):.0f} MB")
-        finally:
-            await redis.aclose()
-            system.stop()
-            smtp.stop()
-            valkey.stop()
+        expected = options.emails + options.sms + 1  # and the status page
+        counter = SentCounter(env.redis)
+        started = time.perf_counter()
+        await env.redis.xadd(INCIDENT_EVENTS, {DATA_FIELD: event.model_dump_json()})
+        while (sent := await counter.count()) < expected:
+            if time.perf_counter() - started > options.timeout:
+                break
+            await asyncio.sleep(0.2)  # a benchmark polls; tests never sleep
+        elapsed = time.perf_counter() - started
+        peak = peak_rss_mb(pid_of(system["dispatcher"]))
+    finally:
+        env.stop(system)
+    after = await env.sinks.counts()
+    data = {
+        "expected": expected,
+        "sent": sent,
+        "seconds": round(elapsed, 2),
+        "messages_per_second": round(sent / elapsed, 1),
+        "emails_received": after["smtp"] - before["smtp"],
+        "sms_received": after["http"].get(TWILIO_PATH, 0) - before["http"].get(TWILIO_PATH, 0),
+        "dispatcher_peak_rss_mb": peak,
+    }
+    print(
+        f"  {sent:,} of {expected:,} sent in {elapsed:.1f} s: "
+        f"{data['messages_per_second']:,.0f} messages/s; SMTP sink got "
+        f"{data['emails_received']:,}, SMS stand-in {data['sms_received']:,}; "
+        f"dispatcher peak RSS {peak} MB",
+        flush=True,
+    )
+    size = f"{options.emails:,} emails + {options.sms:,} SMS"
+    late = "" if sent >= expected else f" [{sent:,} of {expected:,} in {options.timeout:g} s]"
+    figures = [
+        Figure(
+            NAME,
+            f"messages/s, {size}",
+            f"{data['messages_per_second']:,.0f}/s{late}",
+            target="≥ 2,000 emails/s",
+        ),
+        Figure(NAME, f"total time, {size}", f"{elapsed:,.1f} s"),
+        Figure(NAME, "dispatcher peak RSS", f"{peak} MB", target="≤ 200 MB"),
+    ]
+    return ScenarioResult(NAME, figures, data, asdict(options))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--emails", type=int, default=10_000)
-    parser.add_argument("--sms", type=int, default=1_000)
+    parser.add_argument("--emails", type=int, default=Options.emails)
+    parser.add_argument("--sms", type=int, default=Options.sms)
     args = parser.parse_args()
-    asyncio.run(run(args.emails, args.sms))
+
+    async def go() -> None:
+        async with bench_environment() as env:
+            result = await run(env, Options(args.emails, args.sms))
+        print(table(result.figures))
+
+    asyncio.run(go())
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Scheduler at scale: 100,000 update-due items fired by 1, then 3 scheduler processes.
 
 For each run it starts the scheduler processes (``python -m services.scheduler``)
-against an embedded Valkey (AOF, ``appendfsync always``, as ``clarion up``),
+against the benchmark's Redis (embedded Valkey: AOF, ``appendfsync always``, as
+``clarion up``),
 writes N open SEV1 incidents and their pending update (pipelined, in the
 scheduler's schedule keys) with due times spread evenly over ``--window``
 seconds starting ``--lead`` seconds later, and waits until every item has fired
 (its next update re-armed 30 minutes on). It then reads ``clarion:updates-due``
 and prints the firing lateness (``UpdateDue.emitted_at - due_at``, both on the
 scheduler's clock) at p50 / p99 / max, the firing rate, and whether any item
-fired twice (distinct event ids against stream entries). Results also go to
-``bench/results/scheduler.json``.
+fired twice (distinct event ids against stream entries). Run on its own it only
+prints; ``make bench`` (``python -m bench.run_all``) runs it among the other
+scenarios and writes ``bench/results/scheduler.json``.
 
     .venv/bin/python -m bench.scheduler [--items 100000] [--window 60] [--lead 10]
         [--instances 1 3] [--tick-ms 250] [--lease-ms 30000]
@@ -23,21 +25,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
-import tempfile
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from bench.environment import BenchEnv, bench_environment
+from bench.report import Figure, ScenarioResult, ms, table
 from services.scheduler.cadence import ScheduleItem, ceil_ms
 from shared.contracts import Severity, UpdateDue
-from shared.embedded import start_embedded_valkey
 from shared.settings import Settings
 from shared.streams import INCIDENTS_BY_TIME, SCHEDULE_DUE, SCHEDULE_ITEMS, UPDATES_DUE
 from shared.streams import incident_key as key_of
@@ -46,7 +47,20 @@ from tests.support.plans import write_plan
 from tests.support.processes import ServiceProcess, free_port
 from tests.support.streams import StreamEntries, decode_entry
 
-RESULTS = Path(__file__).parent / "results" / "scheduler.json"
+NAME = "scheduler"
+
+
+@dataclass(frozen=True)
+class Options:
+    items: int = 100_000
+    window: float = 60.0  # seconds the due times span
+    lead: float = 10.0  # seconds to the first due time
+    instances: tuple[int, ...] = (1, 3)
+    tick_ms: int = 250
+    lease_ms: int = 30_000
+
+
+QUICK = Options(items=2_000, window=3.0, lead=2.0)
 PIPELINE_ITEMS = 2_000
 READ_PAGE = 10_000
 
@@ -133,9 +147,10 @@ def _instances(
 
 
 async def _run(
-    redis: Redis, redis_url: str, plan: Path, log_dir: Path, *, instances: int, args: Any
+    env: BenchEnv, plan: Path, log_dir: Path, *, instances: int, args: Options
 ) -> dict[str, Any]:
-    await redis.flushdb()
+    await env.reset()
+    redis, redis_url = env.redis, env.redis_url
     processes = _instances(
         instances, redis_url, plan, log_dir, tick_ms=args.tick_ms, lease_ms=args.lease_ms
     )
@@ -229,64 +244,76 @@ def _table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> None:
+def _figures(runs: list[dict[str, Any]]) -> list[Figure]:
+    figures = []
+    for run in runs:
+        late = run["lateness_ms"]
+        size = f"{run['items']:,} items, {run['instances']} instance(s)"
+        figures.append(
+            Figure(
+                NAME,
+                f"lateness p50 / p99 / max, {size}",
+                f"{ms(late['p50'])} / {ms(late['p99'])} / {ms(late['max'])}",
+                target="p99 ≤ 1 s",
+            )
+        )
+        figures.append(
+            Figure(
+                NAME,
+                f"double fires, {size}",
+                f"{run['double_fires']} of {run['entries']:,} fired "
+                f"({run['fires_per_second'] or 0:,.0f} fired/s)",
+                target="0",
+            )
+        )
+    return figures
+
+
+async def run(env: BenchEnv, options: Options) -> ScenarioResult:
+    directory = env.directory(NAME)
+    plan = write_plan(directory)  # SEV1: an update every 30 min
+    print(
+        f"scheduler: {options.items:,} update-due items due over {options.window:g} s, "
+        f"tick {options.tick_ms} ms, lease {options.lease_ms} ms, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    runs = []
+    for count in options.instances:
+        result = await _run(env, plan, directory, instances=count, args=options)
+        runs.append(result)
+        print(_table([result]).splitlines()[-1])
+        first = result["lateness_ms_first_try"]
+        print(
+            f"{'':>9} fires that did not wait out a lease: p50 {first['p50']} ms, "
+            f"p99 {first['p99']} ms, max {first['max']} ms",
+            flush=True,
+        )
+    return ScenarioResult(NAME, _figures(runs), {"runs": runs}, asdict(options))
+
+
+def main() -> None:
     defaults = Settings(_env_file=None)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--window", type=float, default=60.0, help="seconds the due times span")
-    parser.add_argument("--lead", type=float, default=10.0, help="seconds to the first due time")
-    parser.add_argument("--instances", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--items", type=int, default=Options.items)
+    parser.add_argument("--window", type=float, default=Options.window)
+    parser.add_argument("--lead", type=float, default=Options.lead)
+    parser.add_argument("--instances", type=int, nargs="+", default=list(Options.instances))
     parser.add_argument("--tick-ms", type=int, default=defaults.scheduler_tick_ms)
     parser.add_argument("--lease-ms", type=int, default=defaults.scheduler_lease_ms)
     args = parser.parse_args()
-
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
-        valkey = start_embedded_valkey(Path(tmp) / "valkey")
-        redis_url = str(valkey.connection_url)
-        redis = Redis.from_url(redis_url)
-        plan = write_plan(Path(tmp))  # SEV1: an update every 30 min
-        try:
-            print(
-                f"scheduler: {args.items:,} update-due items due over {args.window:g} s, "
-                f"tick {args.tick_ms} ms, lease {args.lease_ms} ms, {os.cpu_count()} CPUs"
-            )
-            for count in args.instances:
-                run = await _run(redis, redis_url, plan, Path(tmp), instances=count, args=args)
-                runs.append(run)
-                print(_table([run]).splitlines()[-1])
-                first = run["lateness_ms_first_try"]
-                print(
-                    f"{'':>9} fires that did not wait out a lease: p50 {first['p50']} ms, "
-                    f"p99 {first['p99']} ms, max {first['max']} ms"
-                )
-        finally:
-            await redis.aclose()
-            valkey.stop()
-
-    print()
-    print(_table(runs))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "scheduler",
-                "recorded_at": datetime.now(UTC).isoformat(),
-                "items": args.items,
-                "window_seconds": args.window,
-                "lead_seconds": args.lead,
-                "tick_ms": args.tick_ms,
-                "lease_ms": args.lease_ms,
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
+    options = Options(
+        args.items, args.window, args.lead, tuple(args.instances), args.tick_ms, args.lease_ms
     )
-    print(f"\nwritten to {RESULTS}")
+
+    async def go() -> None:
+        async with bench_environment() as env:
+            result = await run(env, options)
+        print()
+        print(_table(result.data["runs"]))
+        print(table(result.figures))
+
+    asyncio.run(go())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
