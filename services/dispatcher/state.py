@@ -35,4 +35,10 @@ def get_state(request: Request) -> DispatcherState:
     return cast(DispatcherState, request.app.state.dispatcher)
 
 
-State = Annotated[DispatcherState, Depends(get_state)]
+async def _state(request: Request) -> DispatcherState:
+    """``get_state`` as a dependency: async, so FastAPI calls it inline (a plain ``def``
+    would cost every request a hop to the thread pool)."""
+    return get_state(request)
+
+
+State = Annotated[DispatcherState, Depends(_state)]

@@ -83,7 +83,13 @@ def get_state(request: Request) -> IngestState:
     return cast(IngestState, request.app.state.ingest)
 
 
-State = Annotated[IngestState, Depends(get_state)]
+async def _state(request: Request) -> IngestState:
+    """``get_state`` as a dependency: async, so FastAPI calls it inline (a plain ``def``
+    would cost every request a hop to the thread pool)."""
+    return get_state(request)
+
+
+State = Annotated[IngestState, Depends(_state)]
 
 
 async def require_operator(request: Request) -> None:
