@@ -124,14 +124,15 @@ class IncidentStore:
         for _ in range(MAX_ATTEMPTS):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
-                    current = await self._load(pipe, open_key, incident_id)
+                    current, pointed = await self._load(pipe, open_key, incident_id)
                     outcome = change(current, self._clock.now())
                     if outcome.incident is None:
                         return _result(current, outcome)  # leaving the block unwatches
                     pointer = open_key or open_incident_key(outcome.incident.key)
-                    if open_key is None:
+                    if open_key is None:  # else _load watched and read it already
                         await pipe.watch(pointer)
-                    points_here = as_text(await pipe.get(pointer) or b"") == outcome.incident.id
+                        pointed = as_text(await pipe.get(pointer) or b"")
+                    points_here = pointed == outcome.incident.id
                     pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                     await self._queue_writes(pipe, pointer, points_here, outcome, aliases)
                     await pipe.execute()
@@ -143,13 +144,15 @@ class IncidentStore:
 
     async def _load(
         self, pipe: Pipeline, open_key: str | None, incident_id: str | None
-    ) -> Incident | None:
+    ) -> tuple[Incident | None, str]:
+        """The incident (watched), and the id ``open_key`` points at ("" without one)."""
+        pointed = ""
         if open_key is not None:
             await pipe.watch(open_key)
             raw_id = await pipe.get(open_key)
             if raw_id is None:
-                return None
-            incident_id = as_text(raw_id)
+                return None, pointed
+            incident_id = pointed = as_text(raw_id)
         assert incident_id is not None
         key = incident_key(incident_id)
         await pipe.watch(key)
@@ -157,8 +160,8 @@ class IncidentStore:
         if raw is None:
             if open_key is not None:
                 log.warning("incident_store.dangling_pointer", incident_id=incident_id)
-            return None
-        return Incident.model_validate_json(raw)
+            return None, pointed
+        return Incident.model_validate_json(raw), pointed
 
     async def _queue_writes(
         self,
