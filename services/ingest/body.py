@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -27,14 +28,32 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A ``\\uD800``..``\\uDFFF`` escape: half of a pair, or a lone surrogate."""
+
+
 def parse_json(body: bytes) -> Any:
     """``body`` as JSON, or :class:`MalformedBody` (400) saying why."""
     if not body.strip():
         raise MalformedBody("the request body is empty; expected a JSON object")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from exc
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(value)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """A ``\\uDFFF`` alone is valid JSON but not text: nothing downstream can encode it."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedBody(
+            "the request body is not valid JSON text: it escapes half of a UTF-16 "
+            "surrogate pair (\\uD800 to \\uDFFF) alone"
+        ) from exc
 
 
 def validate(model: type[M], data: Any) -> M:

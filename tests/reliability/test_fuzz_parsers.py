@@ -9,6 +9,7 @@ routes. A body is handled when it parses or is refused with the source's declare
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.ingest.body import parse_json
+from shared.errors import MalformedBody
 from shared.settings import Settings
 from tests.reliability.hostile import (
     BY_NAME,
-    KNOWN_BUG,
     SOURCES,
     Source,
     Tally,
@@ -45,23 +47,7 @@ pytestmark = pytest.mark.integration
 TOKEN: Final = "fuzz-ingest-t0ken"
 ROUTING_KEY: Final = "samplekeyhere"  # the PagerDuty fixtures' routing_key
 
-SURROGATE_CRASH: Final = (
-    "a lone surrogate (JSON \\udfff) passes validation of plain str fields and crashes "
-    "UTF-8 encoding in the parser (group key / fingerprint hashing, SNS string to sign): "
-    "UnicodeEncodeError escapes, a 500"
-)
-
-
-SURROGATE_CRASHERS: Final = ("alertmanager", "grafana", "datadog", "pagerduty", "sns")
-
-
-def crashes_on_surrogates(*names: str) -> list[Any]:
-    """Every source, those named marked as known to crash on lone surrogates."""
-    marked = pytest.mark.xfail(strict=True, reason=SURROGATE_CRASH)
-    return [
-        pytest.param(source.name, marks=marked if source.name in names else (), id=source.name)
-        for source in SOURCES
-    ]
+SOURCE_NAMES: Final = [source.name for source in SOURCES]
 
 
 # --- the parsers, as functions ------------------------------------------------------------
@@ -102,17 +88,22 @@ def test_spoiled_real_payloads_are_parsed_or_refused() -> None:
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.parametrize("name", crashes_on_surrogates(*SURROGATE_CRASHERS))
+@pytest.mark.parametrize("name", SOURCE_NAMES)
 def test_a_lone_surrogate_anywhere_is_parsed_or_refused(name: str) -> None:
+    """As ingest reads a body: ``parse_json`` refuses a lone surrogate before any parser."""
     source = BY_NAME[name]
     tally = Tally()
 
     for seed in source.seeds():
         for _path, body in with_lone_surrogates(seed):
-            parse_or_refuse(source, body, tally)
+            try:
+                data = parse_json(json.dumps(body).encode())
+            except MalformedBody:
+                tally.ok()
+                continue
+            parse_or_refuse(source, data, tally)
 
-    known = KNOWN_BUG if name in SURROGATE_CRASHERS else ""
-    outcome = report(tally.outcome(f"{known}fuzz: lone surrogates into the {name} parser"))
+    outcome = report(tally.outcome(f"fuzz: lone surrogates into the {name} parser"))
     assert outcome.sent > 0
     assert outcome.lost == 0, outcome.notes
 
@@ -188,7 +179,7 @@ def test_any_json_through_every_route_gets_a_2xx_or_a_4xx(ingest: ServedIngest) 
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.parametrize("name", crashes_on_surrogates(*SURROGATE_CRASHERS))
+@pytest.mark.parametrize("name", SOURCE_NAMES)
 def test_a_lone_surrogate_anywhere_through_the_route_gets_a_4xx(
     name: str, ingest: ServedIngest
 ) -> None:
@@ -213,7 +204,6 @@ def test_a_lone_surrogate_anywhere_through_the_route_gets_a_4xx(
                 else:
                     tally.bad(f"{path}: {status}")
 
-    known = KNOWN_BUG if name in SURROGATE_CRASHERS else ""
-    outcome = report(tally.outcome(f"{known}fuzz: lone surrogates through the {name} route"))
+    outcome = report(tally.outcome(f"fuzz: lone surrogates through the {name} route"))
     assert outcome.sent > 0
     assert outcome.lost == 0, outcome.notes
