@@ -44,6 +44,7 @@ from shared.logs import get_logger
 from shared.plan import Plan, load_plan
 from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
 from shared.retention import RetentionTask
+from shared.secret_values import configured_secrets
 from shared.settings import Settings
 from shared.streams import (
     APPROVALS,
@@ -164,6 +165,7 @@ def create_app(
                 replayer=Replayer(
                     redis, the_clock, states, delivery_log, settings.delivery_max_attempts
                 ),
+                secrets=configured_secrets(settings, the_plan, context.environ),
             )
             trimmer = RetentionTask(
                 redis,

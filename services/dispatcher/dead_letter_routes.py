@@ -40,7 +40,7 @@ async def dead_letters(
     entries = await list_dead_letters(
         state.redis, limit, kind=kind, channel=channel, include_replayed=include_replayed
     )
-    return [entry.view() for entry in entries]
+    return [entry.view(state.secrets) for entry in entries]
 
 
 @dead_letter_routes.post(

@@ -14,6 +14,8 @@ replay of the same entry is refused, so a double click never sends twice.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -25,8 +27,9 @@ from services.dispatcher.delivery_log import DeliveryLog
 from services.dispatcher.delivery_state import DeliveryStates, retry_state
 from shared.clock import Clock
 from shared.contracts import DeadLetter, DeliveryJob, DeliveryRecorded, DeliveryStatus
-from shared.redaction import mask_recipient
+from shared.redaction import mask_recipient, redact_text, redact_value
 from shared.redis_values import DATA_FIELD, as_text, data_entries
+from shared.secret_values import scrub
 from shared.streams import DEAD_LETTERS, REPLAYED_DEAD_LETTERS
 
 _PAYLOAD_EXCERPT: Final = 2000
@@ -38,14 +41,16 @@ class DeadLetterEntry:
     letter: DeadLetter
     replayed_at: str | None
 
-    def view(self) -> dict[str, Any]:
-        """The entry for ops: no recipient address in clear, no huge payloads."""
+    def view(self, secrets: Iterable[str] = ()) -> dict[str, Any]:
+        """The entry for ops: no recipient address or configured secret in clear (see
+        :func:`shared.secret_values.configured_secrets`), no huge payloads."""
+        secrets = tuple(secrets)
         letter = self.letter
         view: dict[str, Any] = {
             "id": self.entry_id,
             "kind": letter.kind,
             "reason": letter.reason,
-            "error": letter.error,
+            "error": scrub(redact_text(letter.error or ""), secrets) or None,
             "dead_at": letter.dead_at.isoformat(),
             "stream": letter.stream,
             "group": letter.group,
@@ -66,9 +71,18 @@ class DeadLetterEntry:
             view |= {
                 "entry_id": letter.entry_id,
                 "delivery_count": letter.delivery_count,
-                "payload": letter.payload[:_PAYLOAD_EXCERPT],
+                "payload": scrub(redacted_payload(letter.payload), secrets)[:_PAYLOAD_EXCERPT],
             }
         return view
+
+
+def redacted_payload(payload: str) -> str:
+    """A dead message as ops may read it: secret-named fields blanked, addresses and numbers
+    masked. The stored payload stays whole, for replay."""
+    try:
+        return json.dumps(redact_value(json.loads(payload)), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return redact_text(payload)
 
 
 class ReplayStatus(StrEnum):

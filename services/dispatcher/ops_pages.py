@@ -246,7 +246,7 @@ async def incident(incident_id: str, request: Request, state: State, viewer: Vie
 async def dead_letters(request: Request, state: State, viewer: Viewer) -> Response:
     zone = state.plan.zones[0]
     entries = await list_dead_letters(state.redis, DEAD_LETTERS_SHOWN)
-    rows = tuple(dead_letter_row(entry.view(), zone) for entry in entries)
+    rows = tuple(dead_letter_row(entry.view(state.secrets), zone) for entry in entries)
     waiting = sum(1 for row in rows if row.replayed is None)
     return _page(
         request, viewer, "dead_letters.html.j2", "/ops/dead-letters", rows=rows, waiting=waiting

@@ -17,7 +17,6 @@ ever shows them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -398,22 +397,9 @@ def _unset_secrets(plan: Plan) -> list[CheckRow]:
             reasons=[f"{variable} is not set: messages to {address} go to the local outbox"],
             kind=RowKind.ENVIRONMENT,
         )
-        for audience, channel, address, variable in _secrets(plan)
+        for audience, channel, address, variable in plan.secret_variables()
         if not os.environ.get(variable)
     ]
-
-
-def _secrets(plan: Plan) -> Iterator[tuple[str, ChannelName, str, str]]:
-    """(audience, channel, recipient, variable) for each ``*_env`` field of a recipient."""
-    for name, audience in plan.audiences.items():
-        for channel in audience.channels:
-            for address in audience.addresses(channel):
-                entry = audience.recipient(channel, address)
-                if isinstance(entry, str):
-                    continue
-                for key, value in entry.model_dump().items():
-                    if key.endswith("_env") and value:
-                        yield name, channel, address, value
 
 
 def _where(path: str, line: int | None, reason: str) -> str:

@@ -29,6 +29,8 @@ class DispatcherState:
     plan: Plan
     approvals: ApprovalPublisher
     replayer: Replayer
+    secrets: tuple[str, ...] = ()
+    """Configured secret values, scrubbed from what the ops API and pages show."""
 
 
 def get_state(request: Request) -> DispatcherState:

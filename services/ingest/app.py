@@ -95,7 +95,7 @@ def create_app(
                 redis,
                 settings.rejection_sample_size,
                 metrics=metrics,
-                secrets=known_secrets(settings),
+                secrets=known_secrets(settings, the_plan),
                 clock=the_clock,
             )
             intake = Intake(

@@ -28,6 +28,8 @@ from starlette.requests import Request
 from services.ingest import signatures
 from shared.auth import is_loopback, parse_authorization, secret_equals
 from shared.errors import Forbidden, Unauthorized
+from shared.plan import Plan
+from shared.secret_values import configured_secrets, ordered
 from shared.settings import Settings
 
 SOURCES: Final = ("alertmanager", "grafana", "datadog", "generic", "sns", "pagerduty")
@@ -136,9 +138,12 @@ def any_credentials(settings: Settings) -> bool:
     )
 
 
-def known_secrets(settings: Settings) -> tuple[str, ...]:
-    """Every configured ingest secret value, for scrubbing from stored samples."""
-    values: list[str] = []
+def known_secrets(
+    settings: Settings, plan: Plan | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """Every secret value this installation is configured with (ingest's credentials, every
+    secret setting, the plan's ``*_env`` variables), for scrubbing from stored samples."""
+    values = list(configured_secrets(settings, plan, environ))
     for creds in all_credentials(settings).values():
         values += [s.get_secret_value() for s in (*creds.tokens, *creds.routing_keys)]
         values += [s.get_secret_value() for s in creds.basic]
@@ -147,8 +152,7 @@ def known_secrets(settings: Settings) -> tuple[str, ...]:
             values.append(creds.grafana_hmac_secret.get_secret_value())
     for whsec in _secrets_of(settings, "webhook_secret"):
         values += [whsec.get_secret_value(), whsec.get_secret_value().removeprefix("whsec_")]
-    # Longest first, so a secret containing another is scrubbed whole.
-    return tuple(sorted({v for v in values if v}, key=len, reverse=True))
+    return ordered(values)  # longest first: a secret containing another is scrubbed whole
 
 
 def authenticate(

@@ -431,6 +431,19 @@ class Plan(PlanModel):
             if c.name.casefold() in named or (service is not None and service in c.services)
         )
 
+    def secret_variables(self) -> Iterator[tuple[str, ChannelName, str, str]]:
+        """(audience, channel, recipient, variable) for each ``*_env`` field of a recipient:
+        the environment variables that hold this plan's secrets."""
+        for name, audience in self.audiences.items():
+            for channel in audience.channels:
+                for address in audience.addresses(channel):
+                    entry = audience.recipient(channel, address)
+                    if isinstance(entry, str):
+                        continue
+                    for key, value in entry.model_dump().items():
+                        if key.endswith("_env") and value:
+                            yield name, channel, address, value
+
     def needs_approval(self, severity: Severity) -> bool:
         return severity in self.approval.severities
 
