@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import httpx
-import uvicorn
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
-from starlette.types import ASGIApp
 
 from services.ingest.app import create_app
 from services.ingest.grouping import group_alerts
@@ -34,6 +30,7 @@ from shared.errors import InvalidPayload
 from shared.settings import Settings
 from tests.conftest import load_fixture
 from tests.reliability.scale import Outcome
+from tests.support.asgi import serving_in_thread
 from tests.support.strategies import json_values
 
 KNOWN_BUG: Final = "known bug (xfail): "
@@ -317,42 +314,9 @@ def deeply_nested(levels: int, *, as_object: bool = False) -> bytes:
 
 
 @contextmanager
-def serving(app: ASGIApp, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
-    """:func:`tests.support.asgi.serving_in_thread`, with Nagle off on the server side.
-
-    asyncio turns Nagle off only for sockets created with ``IPPROTO_TCP`` as protocol;
-    ``socket.socket()`` leaves it 0, and every answer then waits ~40 ms for the client's
-    delayed ACK (headers and body are written separately). Hostile runs send thousands
-    of requests, so they need the fast path.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = uvicorn.Config(
-        app,
-        lifespan=lifespan,
-        log_config=None,
-        access_log=False,
-        ws="none",
-        http="h11",
-        loop="asyncio",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive(), "the local server did not stop"
-
-
-@contextmanager
 def ingest_served(settings: Settings) -> Iterator[str]:
     """The real ingest app (lifespan on) on 127.0.0.1 in a thread; yields its base URL."""
-    with serving(create_app(settings), lifespan="on") as base_url:
+    with serving_in_thread(create_app(settings), lifespan="on") as base_url:
         yield base_url
 
 
