@@ -9,7 +9,17 @@ Each consumed stream gets two subscribers in one consumer group:
 A handler that raises leaves its entry pending, so the reclaimer retries it.
 An entry that cannot be decoded, that raises :class:`PermanentFailure`, or that
 has been delivered more than ``max_deliveries`` times goes to the dead-letter
-stream with its error, and is acknowledged: nothing poisons a stream.
+stream with its error, and is acknowledged: nothing poisons a stream. The dead
+letter is written first; a failing ``on_dead`` hook is logged and never keeps an
+entry pending.
+
+FastStream hands the subscriber the entry's body as raw bytes (:func:`raw_body`):
+decoding is ours, so an entry FastStream's JSON decoder would choke on (nested
+past the recursion limit, say) is dead-lettered like any other undecodable one.
+
+Errors are logged and stored without the message's values: a pydantic
+:class:`ValidationError` becomes its locations and messages only
+(:func:`describe_error`); the raw body stays in the dead letter, for replay.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
+from faststream.message import StreamMessage
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
 from pydantic import ValidationError
@@ -33,6 +44,37 @@ from shared.streams import DEAD_LETTERS, last_error_key
 
 T = TypeVar("T")
 log = get_logger("clarion.consumer")
+
+MAX_LISTED_PROBLEMS: Final = 5  # a described validation error names at most this many
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as one line for logs and dead letters, quoting none of the message.
+
+    ``str(ValidationError)`` repeats the offending input values (secrets, addresses;
+    pydantic's truncation even defeats the email masking): only each problem's
+    location and message are kept.
+    """
+    if isinstance(exc, ValidationError):
+        problems = exc.errors(include_input=False, include_url=False, include_context=False)
+        listed = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc']) or '(body)'}: {problem['msg']}"
+            for problem in problems[:MAX_LISTED_PROBLEMS]
+        )
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        if more > 0:
+            listed += f"; and {more} more"
+        return f"ValidationError ({exc.title}): {listed}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def raw_body(msg: StreamMessage[Any]) -> bytes:
+    """FastStream's decoder for guarded subscribers: the body as it came.
+
+    :meth:`GuardedConsumer.process` decodes it, so every failure to decode is ours
+    to dead-letter; FastStream's own JSON decoding lets ``RecursionError`` out.
+    """
+    return msg.body
 
 
 @dataclass(frozen=True)
@@ -91,8 +133,8 @@ class GuardedConsumer(Generic[T]):
         errors_key = last_error_key(self.stream, self.group)
         try:
             message = self.decode(body)
-        except (ValidationError, ValueError) as exc:
-            await dead_letter(self.redis, entry, body, "undecodable", str(exc))
+        except Exception as exc:  # decoding is pure: it would fail the same way again
+            await dead_letter(self.redis, entry, body, "undecodable", describe_error(exc))
             return
         if entry.delivery_count > self.max_deliveries:
             last_error = await self.redis.hget(errors_key, entry.entry_id)
@@ -105,14 +147,15 @@ class GuardedConsumer(Generic[T]):
             await self._give_up(message, body, entry, "permanent_failure", str(exc))
             return
         except Exception as exc:
-            await self.redis.hset(errors_key, entry.entry_id, f"{type(exc).__name__}: {exc}")
+            error = describe_error(exc)
+            await self.redis.hset(errors_key, entry.entry_id, error)
             log.warning(
                 "message.handler_failed",
                 stream=self.stream,
                 group=self.group,
                 entry_id=entry.entry_id,
                 delivery_count=entry.delivery_count,
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
             )
             raise
         if entry.delivery_count > 1:
@@ -121,10 +164,28 @@ class GuardedConsumer(Generic[T]):
     async def _give_up(
         self, message: T, body: bytes, entry: StreamEntry, reason: str, error: str | None
     ) -> None:
-        if self.on_dead is not None:
-            await self.on_dead(message, entry, error or reason)
+        """Dead-letter the entry, then tell ``on_dead``; the entry is acked either way."""
         await dead_letter(self.redis, entry, body, reason, error)
+        await self._tell_on_dead(message, entry, error or reason)
         await self.redis.hdel(last_error_key(self.stream, self.group), entry.entry_id)
+
+    async def _tell_on_dead(self, message: T, entry: StreamEntry, error: str) -> None:
+        """Run the ``on_dead`` hook; its failure is logged, never raised (the entry
+        is in the dead letters already, and raising would only retry it for ever)."""
+        if self.on_dead is None:
+            return
+        try:
+            await self.on_dead(message, entry, error)
+        except Exception as exc:
+            # No traceback: it would quote the exception, and with it the message's values.
+            log.error(  # noqa: TRY400
+                "message.on_dead_failed",
+                stream=entry.stream,
+                group=entry.group,
+                entry_id=entry.entry_id,
+                delivery_count=entry.delivery_count,
+                error=describe_error(exc),
+            )
 
     def subscribe(self, broker: RedisBroker, settings: Settings) -> None:
         """Register the reader and the reclaimer on ``broker``."""
@@ -152,13 +213,16 @@ class GuardedConsumer(Generic[T]):
             await self.process(msg.body, _entry(msg, self.group, delivery_count=count))
 
         workers = self.max_workers if self.max_workers > 1 else None
-        broker.subscriber(stream=reader, title=f"{self.stream}:{self.group}", max_workers=workers)(
-            on_new
-        )
+        broker.subscriber(
+            stream=reader,
+            title=f"{self.stream}:{self.group}",
+            max_workers=workers,
+            decoder=raw_body,
+        )(on_new)
         # Reclaims are rare (a crash, a failing handler): one at a time is enough.
-        broker.subscriber(stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim")(
-            on_reclaimed
-        )
+        broker.subscriber(
+            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", decoder=raw_body
+        )(on_reclaimed)
 
 
 def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:

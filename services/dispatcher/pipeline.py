@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from services.dispatcher.approvals import ApprovalPublisher, ApprovalStore, PendingApproval
@@ -107,8 +108,20 @@ class Dispatcher:
 
     async def record_dead(self, event: DispatchEvent, attempt: int, error: str) -> None:
         """The event itself could not be fanned out, time after time: every planned
-        delivery that never started is recorded DEAD (the event is in dead letters)."""
-        incident = await self._incident_for(event)
+        delivery that never started is recorded DEAD (the event is in dead letters).
+
+        An incident whose stored record cannot be read counts as no incident: there is
+        nothing to plan from (it is likely why the event died in the first place)."""
+        try:
+            incident = await self._incident_for(event)
+        except ValidationError as exc:
+            log.warning(
+                "dead.incident_unreadable",
+                event_id=event.event_id,
+                incident_id=event.incident_id,
+                problems=exc.error_count(),
+            )
+            return
         if incident is None:
             return
         deliveries = plan_deliveries(

@@ -448,68 +448,33 @@ def test_the_rejections_answer_masks_personal_data_and_ingest_credentials(
     assert outcome.lost == 0, outcome.notes
 
 
-ONLY_INGEST_SECRETS: Final = (
-    "ingest scrubs only its own credentials (services.ingest.credentials.known_secrets) from "
-    "rejections: other secrets it is configured with (CLARION_OPS_TOKEN, CLARION_SMTP_PASSWORD, "
-    "CLARION_TWILIO_AUTH_TOKEN, the plan's *_env values) pasted in a body or echoed in a 422's "
-    "field names are stored, logged and shown"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ONLY_INGEST_SECRETS)
 def test_the_rejections_answer_carries_no_configured_secret(canary_run: CanaryRun) -> None:
-    outcome = answer_leaks(canary_run, "rejections", SECRETS, "other secrets", known_bug=True)
+    outcome = answer_leaks(canary_run, "rejections", SECRETS, "other secrets")
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="GET /v1/dead-letters returns each dead letter's payload and error as stored: "
-    "email addresses, phone numbers and secrets in a message are shown unmasked, unlike "
-    "/v1/deliveries",
-)
 def test_the_dead_letters_answer_masks_personal_data_and_secrets(canary_run: CanaryRun) -> None:
-    outcome = answer_leaks(canary_run, "dead letters", CANARIES, "canaries", known_bug=True)
+    outcome = answer_leaks(canary_run, "dead letters", CANARIES, "canaries")
     assert canary_run.statuses["dead letters"] == 200
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="httpx logs every request at INFO with its full URL ('HTTP Request: POST "
-    "https://hooks.slack.com/services/T../B../<secret>'), and shared.logs leaves the "
-    "httpx logger at the root level: Slack, Discord and chat webhook URLs (secrets) are logged",
-)
 def test_outbound_request_lines_carry_no_secret_url(canary_run: CanaryRun) -> None:
     lines = [line for line in canary_run.lines if httpx_request_line(line)]
-    outcome = report(leaks(lines).outcome(f"{KNOWN_BUG}logs: httpx request lines"))
+    outcome = report(leaks(lines).outcome("logs: httpx request lines"))
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="shared.consumer.dead_letter logs str(ValidationError), which quotes the message's "
-    "values (input_value=...): secrets in a message are logged, and pydantic's truncation "
-    "('canary.per...') defeats the email masking",
-)
 def test_dead_letter_lines_carry_no_message_content(canary_run: CanaryRun) -> None:
     lines = [line for line in canary_run.lines if dead_letter_line(line)]
-    outcome = report(leaks(lines).outcome(f"{KNOWN_BUG}logs: dead letter lines"))
+    outcome = report(leaks(lines).outcome("logs: dead letter lines"))
     assert lines
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=ONLY_INGEST_SECRETS,
-)
 def test_rejection_lines_carry_no_configured_secret(canary_run: CanaryRun) -> None:
     lines = [line for line in canary_run.lines if ingest_rejection_line(line)]
-    outcome = report(leaks(lines).outcome(f"{KNOWN_BUG}logs: ingest rejection lines"))
+    outcome = report(leaks(lines).outcome("logs: ingest rejection lines"))
     assert lines
     assert outcome.lost == 0, outcome.notes
 

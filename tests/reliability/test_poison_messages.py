@@ -63,7 +63,7 @@ from shared.streams import (
     incident_key,
 )
 from tests.conftest import load_fixture
-from tests.reliability.hostile import KNOWN_BUG, Tally
+from tests.reliability.hostile import Tally
 from tests.reliability.scale import report
 from tests.support.builders import make_incident, make_incident_opened
 from tests.support.dispatching import build_pipeline
@@ -426,15 +426,6 @@ async def test_poison_on_every_stream_is_dead_lettered_and_never_blocks_it(
     assert outcome.lost == 0, outcome.notes
 
 
-STUCK_FOREVER: Final = (
-    "GuardedConsumer._give_up runs on_dead before writing the dead letter; the dispatcher's "
-    "on_due_dead (Dispatcher.record_dead) loads the incident again and raises on the same "
-    "corrupt record, so the update-due entry is never dead-lettered: it stays pending and "
-    "is reclaimed and retried for ever"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=STUCK_FOREVER)
 async def test_an_update_due_of_a_corrupt_incident_ends_in_the_dead_letters(
     redis: Redis, make_settings: Callable[..., Settings]
 ) -> None:
@@ -466,7 +457,7 @@ async def test_an_update_due_of_a_corrupt_incident_ends_in_the_dead_letters(
 
     line = report(
         Tally(sent=1, mishandled=0 if dead and escaped is None else 1).outcome(
-            f"{KNOWN_BUG}poison: an update due of a corrupt incident",
+            "poison: an update due of a corrupt incident",
             f"{len(dead)} dead letters; {type(escaped).__name__ if escaped else 'nothing'} escaped",
         )
     )
@@ -475,15 +466,9 @@ async def test_an_update_due_of_a_corrupt_incident_ends_in_the_dead_letters(
     assert line.lost == 0
 
 
-DECODED_BY_FASTSTREAM: Final = (
-    "FastStream JSON-decodes every entry before GuardedConsumer.process sees it, and "
-    "faststream.message.utils.decode_message lets RecursionError out: an entry nested "
-    "deeper than the recursion limit is never dead-lettered, only redelivered for ever"
-)
 NESTED_DEEP: Final = b"[" * 5000 + b"]" * 5000
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DECODED_BY_FASTSTREAM)
 async def test_an_entry_nested_too_deep_ends_in_the_dead_letters(
     redis: Redis, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
@@ -523,7 +508,7 @@ async def test_an_entry_nested_too_deep_ends_in_the_dead_letters(
 
     line = report(
         Tally(sent=1, mishandled=0 if dead else 1).outcome(
-            f"{KNOWN_BUG}poison: an entry nested 5000 deep", f"{len(dead)} dead letters"
+            "poison: an entry nested 5000 deep", f"{len(dead)} dead letters"
         )
     )
     assert [(d["entry_id"], d["reason"]) for d in dead] == [(entry_id, "undecodable")]
