@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -398,6 +398,167 @@ def test_range_keeps_the_sandbox_limit(engine: TemplateEngine, plan: Path) -> No
     error = failure(engine, plan, "{% for i in range(10 ** 6) %}{% endfor %}")
 
     assert error.reason.startswith("OverflowError: Range too big.")
+
+
+# --- formatting and joining are measured before they are built ------------------------
+
+FORMAT_WIDTH = "refused: format width or precision 1000000000 exceeds 200000"
+PRINTF_WIDTH = "refused: format width 1000000000 exceeds 200000"
+JOIN_TOO_LONG = "refused: join result exceeds 200000 characters"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{{ '{:>1000000000}'.format('a') }}", FORMAT_WIDTH),
+        ("{{ '{:.1000000000f}'.format(1.0) }}", FORMAT_WIDTH),
+        ("{{ '{:{}}'.format('a', 1000000000) }}", FORMAT_WIDTH),
+        ("{{ '{:>{w}}'.format('a', w='1000000000') }}", FORMAT_WIDTH),
+        ("{{ '{x:{y}}'.format_map({'x': 'a', 'y': 1000000000}) }}", FORMAT_WIDTH),
+        ("{{ ('{:>1000000000}'|safe).format('a') }}", FORMAT_WIDTH),
+        (
+            "{{ ('{:' ~ '9' * 5000 ~ '}').format('a') }}",
+            "refused: format width or precision 99999999999999999999... (5000 digits)"
+            " exceeds 200000",
+        ),
+        (
+            "{{ ('{0}' * 60000).format('a' * 199999) }}",
+            "refused: format result exceeds 200000 characters",
+        ),
+    ],
+)
+def test_str_format_is_refused_before_a_huge_field_or_result_is_built(
+    engine: TemplateEngine, plan: Path, text: str, reason: str
+) -> None:
+    assert failure(engine, plan, text).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{{ '%1000000000s' % 'a' }}", PRINTF_WIDTH),
+        ("{{ '%.1000000000f' % 1.0 }}", "refused: format precision 1000000000 exceeds 200000"),
+        ("{{ '%*s' % (1000000000, 'a') }}", PRINTF_WIDTH),
+        ("{{ '%.*f' % (1000000000, 1.0) }}", "refused: format precision 1000000000 exceeds 200000"),
+        ("{{ '%-*s' % (-1000000000, 'a') }}", "refused: format width -1000000000 exceeds 200000"),
+        ("{{ '%(a)1000000000s' % {'a': 'x'} }}", PRINTF_WIDTH),
+        ("{{ '%1000000000s'|format('a') }}", PRINTF_WIDTH),
+        ("{{ '%(a)1000000000s'|format(a='x') }}", PRINTF_WIDTH),
+        ("{{ ('%1000000000s'|safe) % 'a' }}", PRINTF_WIDTH),
+        (
+            "{{ ('%s' * 60000) % (('a' * 199999,) * 60000) }}",
+            "refused: % formatting result exceeds 200000 characters",
+        ),
+        (
+            "{{ ('%s' * 60000)|format(*(('a' * 199999,) * 60000)) }}",
+            "refused: % formatting result exceeds 200000 characters",
+        ),
+    ],
+)
+def test_printf_formatting_is_refused_before_a_huge_result_is_built(
+    engine: TemplateEngine, plan: Path, text: str, reason: str
+) -> None:
+    assert failure(engine, plan, text).reason == reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ (['a' * 199999] * 199999)|join }}",
+        "{{ (['a' * 100000] * 2)|join('-') }}",
+        "{{ range(100000)|map('string')|join('xyz') }}",
+        "{{ ', '.join(['a' * 199999] * 199999) }}",
+        "{{ ('-'|safe).join(['a' * 100000] * 2) }}",
+        "{{ ''.join(['a' * 199999, 'a' * 199999]|map('upper')) }}",
+    ],
+)
+def test_joins_are_refused_before_a_huge_result_is_built(
+    engine: TemplateEngine, plan: Path, text: str
+) -> None:
+    assert failure(engine, plan, text).reason == JOIN_TOO_LONG
+
+
+def test_join_by_attribute_counts_the_joined_attributes(engine: TemplateEngine, plan: Path) -> None:
+    users = [{"name": "a" * 150000}, {"name": "b" * 150000}]
+
+    error = failure(engine, plan, "{{ users|join(attribute='name') }}", users=users)
+
+    assert error.reason == JOIN_TOO_LONG
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (r"{{ ('a\n' * 99999)|indent(1000) }}", "refused: indent result exceeds 200000 characters"),
+        (
+            r"{{ ('a\n' * 99999)|indent('x' * 1000) }}",
+            "refused: indent result exceeds 200000 characters",
+        ),
+        (
+            r"{{ ('\t' * 199999).expandtabs(1000) }}",
+            "refused: expandtabs result exceeds 200000 characters",
+        ),
+    ],
+)
+def test_indent_and_expandtabs_are_refused_before_a_huge_result_is_built(
+    engine: TemplateEngine, plan: Path, text: str, reason: str
+) -> None:
+    assert failure(engine, plan, text).reason == reason
+
+
+def test_a_refused_format_names_the_template_and_line(engine: TemplateEngine, plan: Path) -> None:
+    error = failure(engine, plan, "first\nsecond {{ '%1000000000s' % 'a' }}")
+
+    assert (error.template, error.line) == ("plan-templates/probe.txt.j2", 2)
+    assert str(error) == f"plan-templates/probe.txt.j2 line 2: {PRINTF_WIDTH}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{{ '{:>5}'.format('a') }}", "    a"),
+        ("{{ '{:^7.2f}'.format(3.14159) }}", " 3.14  "),
+        ("{{ '{0}-{0}-{1}'.format('x', 'y') }}", "x-x-y"),
+        ("{{ '{:,}'.format(1234567) }}", "1,234,567"),
+        ("{{ '{:{}}'.format('a', 3) }}|", "a  |"),
+        ("{{ '{x}{y:>3}'.format_map({'x': 1, 'y': 2}) }}", "1  2"),
+        ("{{ '{:%Y-%m-%d}'.format(day) }}", "2024-05-01"),
+        ("{{ ('<b>{:>5}</b>'|safe).format('<') }}", "<b>    &lt;</b>"),
+        ("{{ '%05d' % 42 }}", "00042"),
+        ("{{ '%-4s|%.2f|%*d' % ('ab', 3.14159, 4, 7) }}", "ab  |3.14|   7"),
+        ("{{ '%(n)03d%%' % {'n': 7} }}", "007%"),
+        ("{{ 17 % 5 }}", "2"),
+        ("{{ '%s, %s!'|format('Hello', 'World') }}", "Hello, World!"),
+        ("{{ '%(a)s'|format(a='x') }}", "x"),
+        ("{{ ['a', 'b', 'c']|join(', ') }}", "a, b, c"),
+        ("{{ [1, 2, 3]|map('string')|join('-') }}", "1-2-3"),
+        ("{{ users|join(', ', attribute='name') }}", "Ann, Bo"),
+        ("{{ '/'.join(['x', 'y']|map('upper')) }}", "X/Y"),
+        (r"{{ 'a\nb'|indent(2, first=true) }}", "  a\n  b"),
+        (r"{{ 'a\tb'.expandtabs(4) }}", "a   b"),
+    ],
+)
+def test_small_formats_and_joins_still_work(
+    engine: TemplateEngine, plan: Path, text: str, expected: str
+) -> None:
+    write(plan, "ok.txt.j2", text)
+    values = {"day": date(2024, 5, 1), "users": [{"name": "Ann"}, {"name": "Bo"}]}
+
+    assert engine.render("ok.txt.j2", values) == expected
+
+
+def test_formats_and_joins_up_to_the_limit_are_rendered(plan: Path, shipped: Path) -> None:
+    engine = TemplateEngine([plan, shipped], max_output_chars=1000)
+    write(
+        plan,
+        "full.txt.j2",
+        "{{ '{:>1000}'.format('a')|length }} {{ ('%1000s' % 'a')|length }}"
+        " {{ (['a' * 500] * 2)|join|length }}",
+    )
+
+    assert engine.render("full.txt.j2", {}) == "1000 1000 1000"
+    error = failure(engine, plan, "{{ (['a' * 500] * 2)|join('-') }}")
+    assert error.reason == "refused: join result exceeds 1000 characters"
 
 
 # --- time and output budgets ----------------------------------------------------------
