@@ -4,7 +4,10 @@ Records live on the ``clarion:delivery-log`` stream with the recipient masked an
 error and note redacted; each is also written as one canonical log line and counted
 in the dispatcher's metrics. An entry's id is the millisecond the attempt was
 recorded at, so time ranges are id ranges; every record's id is also added to its
-incident's index in the same atomic step (see :mod:`delivery_query`).
+incident's index in the same atomic step (see :mod:`delivery_query`). A record that
+goes with a delivery's state change (an attempt's outcome) is appended in the same
+script as that change (:mod:`delivery_state` composes its script with
+:data:`APPEND_RECORD_LUA`), so one is never stored without the other.
 
 There is no length cap: :class:`shared.retention.RetentionTask` trims the stream by
 age (``CLARION_DELIVERY_LOG_RETENTION``) and the indexes to the same cut. A cap
@@ -16,6 +19,7 @@ Redis's ``maxmemory``'s job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -41,29 +45,43 @@ from shared.streams import DELIVERY_LOG
 
 _INDEX_TRIM_BATCH: Final = 200
 
-# KEYS: the log, the incident's index, the set of indexed incidents.
-# ARGV: the record's time in ms, its JSON, its incident id. Returns the entry id.
-_APPEND_SCRIPT: Final = """
-local id = redis.pcall('XADD', KEYS[1], ARGV[1] .. '-*', '__data__', ARGV[2])
-if type(id) == 'table' then
-  if not string.find(id.err, 'equal or smaller', 1, true) then
-    return redis.error_reply(id.err)
-  end
-  -- This clock is behind the newest entry (another instance's clock): append right
-  -- after the newest id, so ids keep increasing and a follower misses nothing.
-  local last = '0'
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      last = string.match(info[i + 1], '^(%d+)-')
+# A Lua function, shared by every script that appends a record (this module's and
+# :data:`delivery_state._FINISH`'s): append ``record`` (its JSON, at ``at_ms``) to ``log``
+# and its id to ``incident``'s ``index``, noting the incident in ``indexed``.
+# Returns the entry id.
+APPEND_RECORD_LUA: Final = """
+local function append_record(log, index, indexed, at_ms, record, incident)
+  local id = redis.pcall('XADD', log, at_ms .. '-*', '__data__', record)
+  if type(id) == 'table' then
+    if not string.find(id.err, 'equal or smaller', 1, true) then
+      error(id)  -- raise it: the calling script stops before anything else it writes
     end
+    -- This clock is behind the newest entry (another instance's clock): append right
+    -- after the newest id, so ids keep increasing and a follower misses nothing.
+    local last = '0'
+    local info = redis.call('XINFO', 'STREAM', log)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        last = string.match(info[i + 1], '^(%d+)-')
+      end
+    end
+    id = redis.call('XADD', log, last .. '-*', '__data__', record)
   end
-  id = redis.call('XADD', KEYS[1], last .. '-*', '__data__', ARGV[2])
+  redis.call('XADD', index, id, 'e', '')
+  redis.call('ZADD', indexed, string.match(id, '^(%d+)-'), incident)
+  return id
 end
-redis.call('XADD', KEYS[2], id, 'e', '')
-redis.call('ZADD', KEYS[3], string.match(id, '^(%d+)-'), ARGV[3])
-return id
 """
+
+# KEYS: the log, the incident's index, the set of indexed incidents (:attr:`Entry.keys`).
+# ARGV: the record's time in ms, its JSON, its incident id (:attr:`Entry.args`).
+# Returns the entry id.
+_APPEND_SCRIPT: Final = (
+    APPEND_RECORD_LUA
+    + """
+return append_record(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+"""
+)
 
 # KEYS: the set of indexed incidents, then their indexes. ARGV: the cut, then the
 # incident ids (in the order of KEYS[2..]). Returns how many index entries went.
@@ -82,6 +100,26 @@ return removed
 log = get_logger("clarion.dispatcher.delivery")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A record made ready to store (redacted, logged and counted), with the keys and
+    arguments that :data:`APPEND_RECORD_LUA`'s ``append_record`` takes, in order."""
+
+    record: DeliveryRecorded
+
+    @property
+    def keys(self) -> list[str]:
+        return [DELIVERY_LOG, incident_index_key(self.record.incident_id), INDEXED_INCIDENTS]
+
+    @property
+    def args(self) -> list[str | int]:
+        return [
+            epoch_ms(self.record.recorded_at),
+            self.record.model_dump_json(),
+            self.record.incident_id,
+        ]
+
+
 class DeliveryLog:
     def __init__(self, redis: Redis, metrics: DispatcherMetrics | None = None) -> None:
         self._redis = redis
@@ -93,11 +131,12 @@ class DeliveryLog:
     def metrics(self) -> DispatcherMetrics | None:
         return self._metrics
 
-    async def record(self, record: DeliveryRecorded) -> DeliveryRecorded:
-        """Log, count and append ``record`` (redacted); returns what was stored.
+    def prepare(self, record: DeliveryRecorded) -> Entry:
+        """Redact ``record``, write its log line and count it: the entry to store.
 
         The log line and the metrics come first: the attempt happened even if Redis
-        cannot store the record (the caller then sees the error).
+        cannot store the record. Store it with :meth:`append`, or with the state change
+        it goes with (:meth:`DeliveryStates.finish`), in one atomic step.
         """
         stored = record.model_copy(
             update={
@@ -109,11 +148,21 @@ class DeliveryLog:
         _log_attempt(stored)
         if self._metrics is not None:
             self._metrics.observe(stored)
-        await self._append(
-            keys=[DELIVERY_LOG, incident_index_key(stored.incident_id), INDEXED_INCIDENTS],
-            args=[epoch_ms(stored.recorded_at), stored.model_dump_json(), stored.incident_id],
-        )
-        return stored
+        return Entry(stored)
+
+    async def append(self, entry: Entry) -> None:
+        """Store a prepared entry on its own (no state change goes with it)."""
+        await self._append(keys=entry.keys, args=entry.args)
+
+    async def record(self, record: DeliveryRecorded) -> DeliveryRecorded:
+        """Log, count and append ``record`` (redacted); returns what was stored.
+
+        If Redis cannot store it, the log line and the metrics still say it happened
+        (the caller then sees the error).
+        """
+        entry = self.prepare(record)
+        await self.append(entry)
+        return entry.record
 
     async def query(self, query: DeliveryQuery) -> DeliveryPage:
         """One page of records matching ``query``."""

@@ -13,7 +13,9 @@ Claiming takes a lease (from Redis ``TIME``, so skewed hosts agree). A lease tha
 runs out means its worker died mid-attempt: the next claim says so
 (``interrupted``), because the provider may already have received that send.
 Every transition and what goes with it (a scheduled retry, a dead letter, a
-replayed job) is one Lua script, so a crash never leaves half of one.
+replayed job, the delivery-log record of the attempt that ended it) is one Lua
+script, so a crash never leaves half of one: a delivery never ends ``done`` without
+its final record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from services.dispatcher.delivery_log import APPEND_RECORD_LUA, Entry
 from shared.redis_values import DATA_FIELD, as_text
 from shared.streams import DEAD_LETTERS, RETRY_DUE, RETRY_ITEMS, delivery_state_key
 
@@ -55,13 +58,34 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {'claimed', interrupted, state, tries}
 """
 
-# KEYS: state hash, retry zset, retry items hash, dead-letter stream.
+# KEYS: state hash, retry zset, retry items hash, dead-letter stream, then (with a
+#       record) the delivery log's keys (:attr:`delivery_log.Entry.keys`).
 # ARGV: owner, new state, retention s, retry member, retry score ms, retry item JSON,
 #       dead letter JSON ('' for none of those), data field, uncount ('1': the claim
-#       made no attempt, e.g. a rate limit deferred it).
-# Returns 0 when the lease was lost (another worker holds the delivery now).
-_FINISH: Final = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+#       made no attempt, e.g. a rate limit deferred it), record if lost ('1': append the
+#       record even when the lease was lost), then (with a record) its arguments
+#       (:attr:`delivery_log.Entry.args`).
+# Returns 0 when the lease was lost (another worker holds the delivery now). Every key's
+# type is checked before the first write, and the record goes first, so an error
+# leaves nothing written: while the lease holds, the record is stored if and only if
+# the state moved.
+_FINISH: Final = (
+    APPEND_RECORD_LUA
+    + """
+local with_record = #KEYS > 4
+local owned = redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+if not owned and not (with_record and ARGV[10] == '1') then return 0 end
+local kinds = {'hash', 'zset', 'hash', 'stream', 'stream', 'stream', 'zset'}
+for i = 1, #KEYS do
+  local found = redis.call('TYPE', KEYS[i]).ok
+  if found ~= 'none' and found ~= kinds[i] then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. found .. ', not a ' .. kinds[i])
+  end
+end
+if with_record then
+  append_record(KEYS[5], KEYS[6], KEYS[7], ARGV[11], ARGV[12], ARGV[13])
+end
+if not owned then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('HDEL', KEYS[1], 'owner', 'lease')
 if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'tries', -1) end
@@ -75,6 +99,7 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
+)
 
 # KEYS: state hash. ARGV: owner, lease ms. Extends a lease this owner still holds.
 _RENEW: Final = """
@@ -160,23 +185,30 @@ class DeliveryStates:
         retry: Retry | None = None,
         dead_letter_json: str = "",
         attempted: bool = True,
+        record: Entry | None = None,
+        record_if_lost: bool = False,
     ) -> bool:
-        """Move a claimed delivery to ``state`` with its retry or dead letter; False if the
-        lease was lost meanwhile (the other worker's outcome stands)."""
-        done = await self._finish(
-            keys=[delivery_state_key(delivery_id), RETRY_DUE, RETRY_ITEMS, DEAD_LETTERS],
-            args=[
-                owner,
-                state,
-                self._retention,
-                retry.member if retry else "",
-                retry.due_ms if retry else 0,
-                retry.item_json if retry else "",
-                dead_letter_json,
-                DATA_FIELD,
-                "" if attempted else "1",
-            ],
-        )
+        """Move a claimed delivery to ``state`` with its retry or dead letter, and append
+        its delivery-log ``record`` (prepared by :meth:`DeliveryLog.prepare`), all in one
+        atomic step; False if the lease was lost meanwhile (the other worker's outcome
+        stands: nothing is written, except the record when ``record_if_lost``)."""
+        keys = [delivery_state_key(delivery_id), RETRY_DUE, RETRY_ITEMS, DEAD_LETTERS]
+        args: list[str | int] = [
+            owner,
+            state,
+            self._retention,
+            retry.member if retry else "",
+            retry.due_ms if retry else 0,
+            retry.item_json if retry else "",
+            dead_letter_json,
+            DATA_FIELD,
+            "" if attempted else "1",
+            "1" if record_if_lost else "",
+        ]
+        if record is not None:
+            keys += record.keys
+            args += record.args
+        done = await self._finish(keys=keys, args=args)
         return bool(done)
 
     async def replay(self, delivery_id: str, attempt: int, stream: str, job_json: str) -> bool:

@@ -2,7 +2,9 @@
 
 Stages, in order: claim the delivery (exactly once) -> suppress? -> rate limit ->
 send through the channel's driver -> record, and on a retryable failure schedule
-the next attempt (or dead-letter it). Nothing here waits: a rate-limited or failed
+the next attempt (or dead-letter it). The record is appended in the same atomic step
+as the delivery's new state (:meth:`DeliveryStates.finish`), so a delivery never ends
+``done`` without its final record. Nothing here waits: a rate-limited or failed
 delivery is put back on the scheduler's timeline and the worker moves on.
 """
 
@@ -26,7 +28,7 @@ from redis.exceptions import RedisError
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.outbox import OutboxWriter
 from services.dispatcher.channels.outcome import NotConfigured, Outcome, Permanent, Retryable, Sent
-from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_log import DeliveryLog, Entry
 from services.dispatcher.delivery_state import (
     DEAD,
     DONE,
@@ -151,13 +153,14 @@ class DeliveryWorker:
         dead letters; replaying it queues the job again."""
         with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
             now = self._clock.now()
-            await self._record(
+            dead = self._entry(
                 job,
                 DeliveryStatus.DEAD,
                 now,
                 job.attempt,
                 error=f"the delivery job kept failing: {error}",
             )
+            await self._log.append(dead)  # no claim, so no state change goes with it
 
     async def _attempt(self, job: DeliveryJob, claim: ClaimResult, owner: str) -> None:
         started = self._clock.now()
@@ -276,17 +279,21 @@ class DeliveryWorker:
         """Over a rate limit: the same attempt, later. Not a failure, not counted."""
         again = job.model_copy(update={"expects": retry_state(job.attempt)})
         due = self._clock.now() + wait
-        if not await self._finish(
-            job, turn, retry_state(job.attempt), retry=self._retry(again, due), attempted=False
-        ):
-            return  # another worker owns the delivery now; its record stands
-        await self._record(
+        queued = self._entry(
             job,
             DeliveryStatus.QUEUED,
             started,
             max(turn.tries - 1, 1),
             note=f"rate limited on {job.channel}: sending at {due.isoformat()}",
             next_attempt_at=due,
+        )
+        await self._finish(
+            job,
+            turn,
+            retry_state(job.attempt),
+            queued,
+            retry=self._retry(again, due),
+            attempted=False,
         )
 
     async def _failed_for_now(
@@ -312,9 +319,7 @@ class DeliveryWorker:
                 channel=job.channel,
                 attempt=job.attempt,
             )
-            if not await self._finish(job, turn, DEAD, dead_letter_json=dead.model_dump_json()):
-                return  # another worker owns the delivery now; its record stands
-            await self._record(
+            recorded = self._entry(
                 job,
                 DeliveryStatus.DEAD,
                 started,
@@ -323,15 +328,14 @@ class DeliveryWorker:
                 "replay with clarion dead-letters replay)",
                 facts=facts,
             )
+            await self._finish(job, turn, DEAD, recorded, dead_letter_json=dead.model_dump_json())
             return
         delay = self._policy.delay(job.attempt, retry_after, self._uniform)
         due = self._clock.now() + delay
         following = job.model_copy(
             update={"attempt": job.attempt + 1, "expects": retry_state(job.attempt + 1)}
         )
-        if not await self._finish(job, turn, following.expects, retry=self._retry(following, due)):
-            return  # another worker owns the delivery now; its record stands
-        await self._record(
+        retrying = self._entry(
             job,
             DeliveryStatus.RETRYING,
             started,
@@ -339,6 +343,9 @@ class DeliveryWorker:
             error=error,
             next_attempt_at=due,
             facts=facts,
+        )
+        await self._finish(
+            job, turn, following.expects, retrying, retry=self._retry(following, due)
         )
 
     def _retry(self, job: DeliveryJob, due: datetime) -> Retry:
@@ -361,8 +368,7 @@ class DeliveryWorker:
         shortened: bool = False,
         facts: _Facts | None = None,
     ) -> None:
-        await self._finish(job, turn, DONE)  # recorded even if the lease was lost: it happened
-        await self._record(
+        final = self._entry(
             job,
             status,
             started,
@@ -372,17 +378,24 @@ class DeliveryWorker:
             shortened=shortened,
             facts=facts,
         )
+        # Recorded even if the lease was lost: it happened (the new owner records its own).
+        await self._finish(job, turn, DONE, final, record_if_lost=True)
 
     async def _finish(
         self,
         job: DeliveryJob,
         turn: _Turn,
         state: str,
+        record: Entry,
         *,
         retry: Retry | None = None,
         dead_letter_json: str = "",
         attempted: bool = True,
-    ) -> bool:
+        record_if_lost: bool = False,
+    ) -> None:
+        """Move the delivery to ``state`` and append ``record``, in one atomic step. If
+        our lease ran out mid-attempt and another worker took over, nothing moves and
+        nothing is appended (unless ``record_if_lost``): the new owner's outcome stands."""
         kept = await self._states.finish(
             job.delivery_id,
             turn.owner,
@@ -390,12 +403,13 @@ class DeliveryWorker:
             retry=retry,
             dead_letter_json=dead_letter_json,
             attempted=attempted,
+            record=record,
+            record_if_lost=record_if_lost,
         )
-        if not kept:  # our lease ran out mid-attempt and another worker took over
+        if not kept:
             log.warning("delivery.lease_lost", attempt=job.attempt, state=state)
-        return kept
 
-    async def _record(
+    def _entry(
         self,
         job: DeliveryJob,
         status: DeliveryStatus,
@@ -408,9 +422,10 @@ class DeliveryWorker:
         note: str | None = None,
         next_attempt_at: datetime | None = None,
         facts: _Facts | None = None,
-    ) -> None:
+    ) -> Entry:
+        """The attempt's record, redacted, logged and counted (before any Redis call)."""
         facts = facts or _Facts()
-        await self._log.record(
+        return self._log.prepare(
             DeliveryRecorded(
                 delivery_id=job.delivery_id,
                 incident_id=job.incident_id,

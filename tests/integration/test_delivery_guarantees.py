@@ -24,6 +24,7 @@ from typing import Any, Final
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.context import DriverContext
@@ -36,6 +37,7 @@ from shared.plan import Plan
 from shared.redis_values import DATA_FIELD, as_text
 from shared.settings import Settings
 from shared.streams import (
+    DELIVERY_LOG,
     PREFIX,
     RETRY_DUE,
     RETRY_ITEMS,
@@ -327,6 +329,47 @@ async def test_a_worker_whose_lease_ran_out_mid_send_leaves_the_record_to_the_ne
     assert "may have received it twice" in (records[0].note or "")
     assert await state_of(redis, job.delivery_id) == "done"
     assert not await retry_scheduled(redis, job.delivery_id)
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "state"),
+    [
+        (200, DeliveryStatus.SENT, "done"),
+        (404, DeliveryStatus.FAILED, "done"),
+        (503, DeliveryStatus.RETRYING, "retry:2"),
+    ],
+)
+async def test_an_outcome_whose_record_cannot_be_stored_does_not_move_the_state(
+    redis: Redis,
+    pipeline_for: Callable[..., Pipeline],
+    provider: FakeProvider,
+    answer: int,
+    status: DeliveryStatus,
+    state: str,
+) -> None:
+    # The record and the state change are one step: when the record cannot be written
+    # (here the log is a string; in production Redis went away), the state stays
+    # claimed, so the reclaimed job sends again and records. Never "done" unrecorded.
+    pipeline = pipeline_for()
+    provider.answer("POST", SLACK_HOOK, answer, body="answered")
+    await pipeline.handle(OPENED, drain=False)
+    [job] = [j for j in await pipeline.queued() if j.channel == "slack"]
+    await redis.set(DELIVERY_LOG, "not a stream: every record write fails")
+
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await pipeline.worker.deliver(job)
+
+    assert await state_of(redis, job.delivery_id) == ""  # not moved: still the first try
+    assert not await retry_scheduled(redis, job.delivery_id)
+    await redis.delete(DELIVERY_LOG)
+    await redis.hset(delivery_state_key(job.delivery_id), "lease", 0)  # the worker "died"
+    await pipeline.worker.deliver(job)  # the reclaimed job
+
+    assert len(provider.requests_to("POST", SLACK_HOOK)) == 2
+    [record] = [r for r in await pipeline.log() if r.delivery_id == job.delivery_id]
+    assert (record.status, record.attempt) == (status, 2)  # the refused try counts
+    assert await state_of(redis, job.delivery_id) == state
+    assert await retry_scheduled(redis, job.delivery_id) is (status is DeliveryStatus.RETRYING)
 
 
 async def test_the_first_job_redelivered_after_its_retry_was_scheduled_does_nothing(

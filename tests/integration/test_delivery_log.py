@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.dispatcher.delivery_log import DeliveryLog
+from services.dispatcher.delivery_query import INDEXED_INCIDENTS, incident_index_key
+from services.dispatcher.metrics import DispatcherMetrics
 from shared.contracts import DeliveryRecorded, DeliveryStatus
 from shared.redis_values import data_entries
 from shared.streams import DELIVERY_LOG
@@ -106,3 +110,42 @@ async def test_audience_and_shortening_are_kept_and_phone_numbers_masked(redis: 
     assert (email.audience, email.shortened) == ("engineering", False)
     raw = data_entries(await redis.xrange(DELIVERY_LOG))
     assert all("4155550100" not in str(payload) for _, payload in raw)
+
+
+def attempts(metrics: DispatcherMetrics, status: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "clarion_delivery_attempts_total", {"channel": "email", "status": status}
+    )
+
+
+async def test_a_prepared_record_is_logged_and_counted_but_stored_only_when_appended(
+    redis: Redis,
+) -> None:
+    metrics = DispatcherMetrics()
+    log = DeliveryLog(redis, metrics)
+    with structlog.testing.capture_logs() as logs:
+        entry = log.prepare(record(1, status=DeliveryStatus.FAILED, error="550 alice@example.com"))
+
+    assert [line["event"] for line in logs] == ["delivery.attempt"]
+    assert attempts(metrics, "failed") == 1
+    assert entry.record.recipient == "a***@example.com"
+    assert entry.record.error == "550 a***@example.com"
+    assert await redis.exists(DELIVERY_LOG, incident_index_key("inc-1"), INDEXED_INCIDENTS) == 0
+
+    await log.append(entry)
+
+    assert await log.recent(limit=10) == [entry.record]
+    assert await redis.xlen(incident_index_key("inc-1")) == 1
+    assert await redis.zscore(INDEXED_INCIDENTS, "inc-1") is not None
+
+
+async def test_a_record_redis_refuses_is_still_logged_and_counted(redis: Redis) -> None:
+    metrics = DispatcherMetrics()
+    log = DeliveryLog(redis, metrics)
+    await redis.set(DELIVERY_LOG, "not a stream")
+    with structlog.testing.capture_logs() as logs, pytest.raises(ResponseError, match="WRONGTYPE"):
+        await log.record(record(1))
+
+    assert [line["event"] for line in logs] == ["delivery.attempt"]  # it happened
+    assert attempts(metrics, "sent") == 1
+    assert await redis.exists(incident_index_key("inc-1"), INDEXED_INCIDENTS) == 0

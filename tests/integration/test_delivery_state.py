@@ -10,7 +10,10 @@ from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from services.dispatcher.delivery_log import DeliveryLog, Entry
+from services.dispatcher.delivery_query import INDEXED_INCIDENTS, incident_index_key
 from services.dispatcher.delivery_state import (
     DEAD,
     DONE,
@@ -19,10 +22,17 @@ from services.dispatcher.delivery_state import (
     Retry,
     retry_state,
 )
-from shared.contracts import DeadLetter, DeliveryJob, ScheduledDelivery
+from shared.contracts import (
+    DeadLetter,
+    DeliveryJob,
+    DeliveryRecorded,
+    DeliveryStatus,
+    ScheduledDelivery,
+)
 from shared.redis_values import as_text, data_entries
 from shared.streams import (
     DEAD_LETTERS,
+    DELIVERY_LOG,
     RETRY_DUE,
     RETRY_ITEMS,
     delivery_state_key,
@@ -67,6 +77,27 @@ def job(attempt: int = 2) -> DeliveryJob:
 def retry_of(next_job: DeliveryJob, due_ms: int = 1_795_444_205_000) -> Retry:
     item = ScheduledDelivery(incident_id="inc-1", due_at=T0 + timedelta(seconds=5), job=next_job)
     return Retry(member=next_job.delivery_id, due_ms=due_ms, item_json=item.model_dump_json())
+
+
+def entry(redis: Redis, status: DeliveryStatus = DeliveryStatus.SENT) -> Entry:
+    """The attempt's delivery-log record, prepared (not stored)."""
+    return DeliveryLog(redis).prepare(
+        DeliveryRecorded(
+            delivery_id=DELIVERY,
+            incident_id="inc-1",
+            event_id="ev-1",
+            channel="email",
+            recipient="alice@example.com",
+            status=status,
+            attempt=1,
+            started_at=T0,
+            recorded_at=T0 + timedelta(milliseconds=20),
+        )
+    )
+
+
+async def stored_records(redis: Redis) -> list[DeliveryRecorded]:
+    return await DeliveryLog(redis).recent(limit=10)
 
 
 async def fields(redis: Redis) -> dict[str, str]:
@@ -240,6 +271,92 @@ async def test_finish_after_the_lease_was_taken_over_changes_nothing(
 
     assert await states.finish(DELIVERY, "worker-b", DONE)
     assert await states.state(DELIVERY) == DONE
+
+
+async def test_finish_appends_the_record_in_the_same_step(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+    sent = entry(redis)
+
+    assert await states.finish(DELIVERY, "worker-a", DONE, record=sent)
+
+    assert await states.state(DELIVERY) == DONE
+    assert await stored_records(redis) == [sent.record]
+    assert await redis.xlen(incident_index_key("inc-1")) == 1  # indexed too
+    assert await redis.zscore(INDEXED_INCIDENTS, "inc-1") is not None
+
+
+async def test_finish_with_a_retry_appends_its_record_too(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await states.claim(DELIVERY, "worker-a", "")
+    retrying = entry(redis, DeliveryStatus.RETRYING)
+
+    assert await states.finish(
+        DELIVERY, "worker-a", retry_state(2), retry=retry_of(job(2)), record=retrying
+    )
+
+    assert await states.state(DELIVERY) == retry_state(2)
+    assert await redis.zscore(RETRY_DUE, DELIVERY) is not None
+    assert await stored_records(redis) == [retrying.record]
+
+
+async def test_a_lost_lease_appends_no_record_unless_asked_and_never_moves_the_state(
+    redis: Redis, states: DeliveryStates, dead_worker: DeliveryStates
+) -> None:
+    await dead_worker.claim(DELIVERY, "worker-a", "")
+    await states.claim(DELIVERY, "worker-b", "")  # worker-a's lease ran out
+    retrying, sent = entry(redis, DeliveryStatus.RETRYING), entry(redis)
+
+    assert not await dead_worker.finish(
+        DELIVERY, "worker-a", retry_state(2), retry=retry_of(job(2)), record=retrying
+    )
+    assert await stored_records(redis) == []
+
+    assert not await dead_worker.finish(
+        DELIVERY, "worker-a", DONE, record=sent, record_if_lost=True
+    )
+    assert await stored_records(redis) == [sent.record]  # it happened: the send went out
+    assert (await fields(redis))["owner"] == "worker-b"
+    assert await states.state(DELIVERY) == ""
+    assert await redis.zcard(RETRY_DUE) == 0
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        DELIVERY_LOG,
+        incident_index_key("inc-1"),
+        INDEXED_INCIDENTS,
+        RETRY_DUE,
+        RETRY_ITEMS,
+        DEAD_LETTERS,
+    ],
+)
+async def test_a_finish_that_cannot_write_everything_writes_nothing(
+    redis: Redis, states: DeliveryStates, refused: str
+) -> None:
+    # A key of the wrong type makes one of the script's writes fail: then neither the
+    # state nor the record (nor the retry, nor the dead letter) may be written.
+    await states.claim(DELIVERY, "worker-a", "")
+    await redis.set(refused, "not what the script expects")
+    before = await fields(redis)
+    keys_before = set(await redis.keys("*"))
+
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await states.finish(
+            DELIVERY,
+            "worker-a",
+            retry_state(2),
+            retry=retry_of(job(2)),
+            dead_letter_json="{}",
+            record=entry(redis, DeliveryStatus.RETRYING),
+        )
+
+    assert await fields(redis) == before  # still claimed by worker-a, not moved
+    assert set(await redis.keys("*")) == keys_before  # no record, index, retry or letter
+    assert as_text(await redis.get(refused)) == "not what the script expects"
 
 
 async def test_finish_without_a_claim_is_refused(redis: Redis, states: DeliveryStates) -> None:

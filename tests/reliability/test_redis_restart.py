@@ -328,12 +328,6 @@ def handler_failures(service: ServiceProcess, since: int) -> set[str]:
     return failed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DeliveryWorker._final moves the delivery to done, then appends its record in a "
-    "second Redis call: when that write fails (Redis gone), the reclaimed job finds the "
-    "delivery done and skips it, so the delivery log never gets a final record",
-)
 async def test_a_delivery_whose_record_write_failed_still_gets_a_final_record(
     store: Redis,
     smtp: SmtpServer,
