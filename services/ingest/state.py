@@ -90,8 +90,3 @@ async def _state(request: Request) -> IngestState:
 
 
 State = Annotated[IngestState, Depends(_state)]
-
-
-async def require_operator(request: Request) -> None:
-    """A route dependency: the caller must be an operator (see :meth:`operator_auth`)."""
-    get_state(request).operator_auth(request)

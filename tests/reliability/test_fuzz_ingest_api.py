@@ -2,14 +2,13 @@
 
 Ingest serves ``/openapi.json``; every operation in it is fuzzed with schema-valid and
 schema-breaking requests, and each answer goes through all of schemathesis' checks.
-The document declares no security scheme, so the test adds the one ingest enforces
-(a bearer token: ``CLARION_INGEST_TOKEN`` on webhooks, ``CLARION_OPS_TOKEN`` on the
-operator API) and schemathesis' ``ignored_auth`` check probes it; on top of that, every
-case is sent again without a credential and with a wrong one, and must be refused.
+The document declares its security schemes (a bearer token: ``CLARION_INGEST_TOKEN``
+on webhooks, ``CLARION_OPS_TOKEN`` on the operator API; basic auth where sources take
+it), and schemathesis' ``ignored_auth`` check probes them; on top of that, every case is
+sent again without a credential and with a wrong one, and must be refused.
 
-Lost: a 5xx, a transport error, or a request that got in without its credential. Two
-checks fail on gaps of the document (not of the service); they run in their own test,
-marked as a known bug.
+Lost: a 5xx, a transport error, or a request that got in without its credential. The
+checks of the document itself against the answers run in their own test.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.settings import Settings
-from tests.reliability.hostile import KNOWN_BUG, hostile_settings, ingest_served
+from tests.reliability.hostile import hostile_settings, ingest_served
 from tests.reliability.scale import Outcome, report, sized
 
 pytestmark = pytest.mark.integration
@@ -54,12 +53,6 @@ works too), and a request without one is PagerDuty's 400, not a 401."""
 REFUSALS: Final = frozenset({401, 403})
 PAGERDUTY_REFUSAL: Final = 400  # PagerDuty's own answer to an unknown routing key
 DOCUMENT_GAPS: Final = (status_code_conformance, positive_data_acceptance, negative_data_rejection)
-DOCUMENT_GAPS_REASON: Final = (
-    "ingest's OpenAPI does not say what ingest does: the operator routes document only "
-    "FastAPI's 2xx/422 but answer 400, 401, 403, 404 and 409; the generic alert schema lets "
-    "title and summary be null while the model then refuses the alert for having no title; "
-    "the Datadog schema says string where the model also takes numbers (unquoted $ALERT_ID)"
-)
 
 
 def is_operator(path: str) -> bool:
@@ -250,15 +243,6 @@ def test_fuzzing_ingest_finds_no_5xx_and_no_way_around_auth(api: Api) -> None:
     assert found.probes > 0
 
 
-OPERATOR_BODY_FIRST: Final = (
-    "FastAPI reads and decodes an operator route's body before the router's "
-    "require_operator dependency runs: a client without the ops token whose body is not "
-    "JSON (or not of the declared media type) gets a 400/422 about it, after the body was "
-    "read whole, instead of a 401"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=OPERATOR_BODY_FIRST)
 def test_without_the_ops_token_the_body_is_not_looked_at(api: Api) -> None:
     response = httpx.post(
         f"{api.url}/v1/incidents/inc-1/acknowledge",
@@ -270,7 +254,6 @@ def test_without_the_ops_token_the_body_is_not_looked_at(api: Api) -> None:
     assert response.status_code == 401, response.text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DOCUMENT_GAPS_REASON)
 def test_the_openapi_document_describes_what_ingest_answers(api: Api) -> None:
     def document_checks(case: Any, response: Any, headers: dict[str, str]) -> None:
         # A body that is its own credential (a routing key, an AWS signature) cannot be
@@ -285,16 +268,10 @@ def test_the_openapi_document_describes_what_ingest_answers(api: Api) -> None:
 
     found = fuzz(api, sized(3, 100), document_checks, probe_auth=False)
 
-    outcome = report(found.outcome(f"{KNOWN_BUG}fuzz: ingest's OpenAPI documents its answers"))
+    outcome = report(found.outcome("fuzz: ingest's OpenAPI documents its answers"))
     assert outcome.lost == 0, outcome.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ingest's OpenAPI declares no securitySchemes: clients (and schemathesis) cannot "
-    "learn that webhooks take a bearer token and the operator API the ops token",
-)
 def test_the_openapi_document_declares_how_to_authenticate(api: Api) -> None:
     schemes = api.document.get("components", {}).get("securitySchemes", {})
     protected = [

@@ -23,7 +23,7 @@ import pytest
 from services.ingest.app import create_app
 from shared.settings import Settings
 from tests.conftest import load_fixture
-from tests.reliability.hostile import KNOWN_BUG, Tally, deeply_nested, ingest_served
+from tests.reliability.hostile import Tally, deeply_nested, ingest_served
 from tests.reliability.scale import report
 from tests.support.ingest_requests import (
     JSON,
@@ -383,11 +383,6 @@ async def test_hostile_requests_get_the_documented_4xx_and_never_a_5xx(ingest_ur
 
 CHUNK: Final = 16 * 1024
 CHUNKS: Final = 4 * LIMIT // CHUNK  # four times the limit, if anyone reads it all
-UNBOUNDED_OPERATOR_BODY: Final = (
-    "FastAPI reads the whole body of a route with a Body() parameter before it runs the "
-    "router's require_operator dependency: the operator API buffers a body of any size, "
-    "even from a client without the token"
-)
 
 
 @dataclass
@@ -411,15 +406,7 @@ def most_read() -> int:
     ("url", "headers"),
     [
         *(pytest.param(url, AUTH, id=source) for source, url in ROUTES.items()),
-        *(
-            pytest.param(
-                url,
-                {},
-                id=url.rsplit("/", 1)[1],
-                marks=pytest.mark.xfail(strict=True, reason=UNBOUNDED_OPERATOR_BODY),
-            )
-            for url in OPERATOR_ROUTES
-        ),
+        *(pytest.param(url, {}, id=url.rsplit("/", 1)[1]) for url in OPERATOR_ROUTES),
     ],
 )
 async def test_a_stream_past_the_limit_is_refused_before_it_is_read(
@@ -434,10 +421,9 @@ async def test_a_stream_past_the_limit_is_refused_before_it_is_read(
             response = await client.post(url, content=body, headers=headers)
 
     handled = response.status_code in (401, 413) and body.taken <= most_read()
-    known = KNOWN_BUG if url in OPERATOR_ROUTES else ""
     outcome = report(
         Tally(sent=1, mishandled=0 if handled else 1).outcome(
-            f"{known}hostile: endless body to {url}",
+            f"hostile: endless body to {url}",
             f"answered {response.status_code} after {body.taken} of {CHUNKS} chunks",
         )
     )

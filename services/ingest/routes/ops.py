@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from services.ingest.rejections import Rejection
-from services.ingest.state import State, require_operator
+from services.ingest.routes.operator import answers
+from services.ingest.security import OPERATOR_AUTH
+from services.ingest.state import State
 
 ops = APIRouter(tags=["ops"])
 
@@ -20,7 +22,8 @@ class Rejections(BaseModel):
 @ops.get(
     "/v1/rejections",
     summary="The latest rejected webhook requests, newest first (bodies redacted)",
-    dependencies=[Depends(require_operator)],
+    dependencies=OPERATOR_AUTH,
+    responses=answers(401, 403, 422, 503),
 )
 async def rejections(state: State, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Rejections:
     return Rejections(rejections=await state.intake.rejections.recent(limit))

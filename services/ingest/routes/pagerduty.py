@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -19,6 +19,7 @@ from starlette.requests import Request
 from services.ingest.incident_actions import acknowledge
 from services.ingest.intake import Session
 from services.ingest.openapi_docs import json_body
+from services.ingest.security import CREDENTIAL_IN_BODY, INGEST_TOKEN
 from services.ingest.sources import pagerduty as source
 from services.ingest.sources.pagerduty import PagerDutyEvent
 from services.ingest.state import IngestState, State
@@ -36,7 +37,7 @@ SOURCE = source.SOURCE
 
 log = get_logger("clarion.ingest")
 
-pagerduty = APIRouter(tags=["webhooks"])
+pagerduty = APIRouter(tags=["webhooks"], dependencies=[Depends(INGEST_TOKEN)])
 
 
 class _InvalidEvent(ClarionError):
@@ -56,8 +57,9 @@ class _InvalidEvent(ClarionError):
         403: {"description": "No credentials configured and the sender is not on this host"},
         413: {"description": "The body is over the limit"},
         429: {"description": "Too many events; see Retry-After"},
+        503: {"description": "Storage is unavailable; nothing was accepted, try again"},
     },
-    openapi_extra=json_body(PagerDutyEvent, "pagerduty_trigger.json"),
+    openapi_extra=json_body(PagerDutyEvent, "pagerduty_trigger.json") | CREDENTIAL_IN_BODY,
 )
 async def enqueue(request: Request, state: State) -> JSONResponse:
     started, status = time.perf_counter(), 503

@@ -9,13 +9,14 @@ visiting its ``SubscribeURL`` (only on the same AWS hosts).
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import Request
 
 from services.ingest.openapi_docs import json_body
 from services.ingest.routes.webhooks import ANSWERS, AcceptedAnswer, answer
+from services.ingest.security import BASIC_AUTH, CREDENTIAL_IN_BODY
 from services.ingest.sns_signature import confirm_subscription, require_known_topic
 from services.ingest.sources import sns as source
 from services.ingest.sources.sns import (
@@ -32,7 +33,7 @@ SOURCE = source.SOURCE
 
 log = get_logger("clarion.ingest")
 
-sns = APIRouter(prefix="/v1/alerts", tags=["webhooks"])
+sns = APIRouter(prefix="/v1/alerts", tags=["webhooks"], dependencies=[Depends(BASIC_AUTH)])
 
 
 @sns.post(
@@ -44,7 +45,7 @@ sns = APIRouter(prefix="/v1/alerts", tags=["webhooks"])
     "subscriptions. Answers 200 to subscription and unsubscribe confirmations, 202 to "
     "notifications.",
     responses=ANSWERS,
-    openapi_extra=json_body(SnsNotification, "sns_notification.json"),
+    openapi_extra=json_body(SnsNotification, "sns_notification.json") | CREDENTIAL_IN_BODY,
 )
 async def sns_webhook(request: Request, state: State) -> AcceptedAnswer | JSONResponse:
     async with state.intake.session(request, SOURCE) as session:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from services.ingest.openapi_docs import json_body
+from services.ingest.security import WEBHOOK_AUTH
 from services.ingest.severity import SeverityMap
 from services.ingest.sources import alertmanager, datadog, generic, grafana
 from services.ingest.state import Accepted, State
@@ -27,7 +28,7 @@ P = TypeVar("P", bound=BaseModel)
 
 log = get_logger("clarion.ingest")
 
-webhooks = APIRouter(prefix="/v1/alerts", tags=["webhooks"])
+webhooks = APIRouter(prefix="/v1/alerts", tags=["webhooks"], dependencies=WEBHOOK_AUTH)
 
 ANSWERS: dict[int | str, dict[str, str]] = {
     400: {"description": "The body is not JSON"},

@@ -1,12 +1,13 @@
 """Datadog monitor notifications, through the Webhooks integration.
 
-Datadog POSTs a payload *template* with its ``$VARIABLES`` filled in, all as
-strings. The default template sends ``id``, ``title``, ``body``, ``date``,
-``last_updated``, ``event_type`` and ``org``; Clarion reads more when the
-template adds them, each named after its variable in lower case
-(``"alert_transition": "$ALERT_TRANSITION"``, ``"tags": "$TAGS"``, ...). Every
-field but ``title`` (or ``alert_title``) is optional, and a variable Datadog
-left unsubstituted counts as absent. One body is one alert.
+Datadog POSTs a payload *template* with its ``$VARIABLES`` filled in, as strings
+(or numbers, where a hand-written template leaves one unquoted). The default
+template sends ``id``, ``title``, ``body``, ``date``, ``last_updated``,
+``event_type`` and ``org``; Clarion reads more when the template adds them, each
+named after its variable in lower case (``"alert_transition": "$ALERT_TRANSITION"``,
+``"tags": "$TAGS"``, ...). Every field but ``title`` (or ``alert_title`` in its
+place) is optional, and a variable Datadog left unsubstituted counts as absent.
+One body is one alert.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic import (
     Field,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from services.ingest.severity import COMMON_WORDS, SeverityMap
 from shared.contracts import Alert, AlertStatus, Severity
@@ -43,6 +45,9 @@ FIRING_TRANSITIONS: Final = frozenset(
 RESOLVED_TRANSITIONS: Final = frozenset({"recovered"})
 # Resends of a firing alert: their ``$DATE`` is the resend's, not when the trouble began.
 REPEAT_TRANSITIONS: Final = frozenset({"re-triggered", "re-warn", "re-no data", "renotify"})
+
+# The last epoch millisecond of 9999, the last year a date can have.
+MAX_MILLIS: Final = 253_402_300_799_999
 
 # A template variable Datadog did not fill in: "$ALERT_ID", "$TAGS[team]".
 _PLACEHOLDER: Final = re.compile(r"\$[A-Z][A-Z0-9_]*(?:\[[^\]]*\])?")
@@ -73,18 +78,49 @@ def _number_as_text(value: object) -> object:
 
 
 def _epoch_millis(value: object) -> object:
-    """``$DATE`` and ``$LAST_UPDATED`` are epoch milliseconds, as text."""
-    text = str(value).strip() if isinstance(value, int | str) else ""
-    if not (text.isascii() and text.isdigit()):
-        return value
-    try:
-        return datetime.fromtimestamp(int(text) / 1000, UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise ValueError(f"{text} is not a date in epoch milliseconds") from exc
+    """``$DATE`` and ``$LAST_UPDATED`` are epoch milliseconds, as text (or a number)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return value  # an RFC 3339 date-time, or not a date at all
+    if not 0 <= value <= MAX_MILLIS:
+        raise ValueError(f"{value} is not a date in epoch milliseconds")
+    return datetime.fromtimestamp(value / 1000, UTC)
 
 
-Text = Annotated[str, BeforeValidator(_number_as_text)]
-Millis = Annotated[AwareDatetime, BeforeValidator(_epoch_millis)]
+# What the JSON Schema says may be sent: numbers too (a template may leave a variable
+# unquoted); for dates, RFC 3339 or epoch milliseconds. As text, the schema shows 14
+# digits at most: always a date (the model takes more, up to MAX_MILLIS).
+_NOT_EMPTY: Final[tuple[JsonDict, ...]] = ({"type": "string", "minLength": 1}, {"type": "number"})
+_MILLIS_IN: Final = (
+    AwareDatetime
+    | Annotated[str, Field(pattern=r"^[0-9]{1,14}$")]
+    | Annotated[float, Field(ge=0, le=MAX_MILLIS)]
+)
+
+
+def _given(value: object) -> bool:
+    """Whether a title was given: null and "" are not (and placeholders are removed)."""
+    return value is not None and value != ""
+
+
+def _title_or_alert_title(schema: JsonDict) -> None:
+    """In the JSON Schema: ``title`` is required only when ``alert_title`` isn't given."""
+    required = schema.get("required")
+    if isinstance(required, list) and "title" in required:
+        required.remove("title")
+        if not required:
+            del schema["required"]
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"anyOf": [dict(o) for o in _NOT_EMPTY]}}}
+        for name in ("title", "alert_title")
+    ]
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text, json_schema_input_type=str | float)]
+# Null or "" where alert_title is given: see _title_or_alert_title.
+Title = Annotated[str, BeforeValidator(_number_as_text, json_schema_input_type=str | float | None)]
+Millis = Annotated[AwareDatetime, BeforeValidator(_epoch_millis, json_schema_input_type=_MILLIS_IN)]
 
 
 class DatadogOrg(BaseModel):
@@ -101,9 +137,11 @@ class DatadogOrg(BaseModel):
 class DatadogWebhook(BaseModel):
     """One Datadog webhook body: the default payload plus the documented variables."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, json_schema_extra=_title_or_alert_title
+    )
 
-    title: Text = Field(min_length=1)  # $EVENT_TITLE, else alert_title
+    title: Title = Field(min_length=1)  # $EVENT_TITLE, else alert_title
     id: Text | None = None  # $ID: this notification's event
     body: Text | None = None  # $EVENT_MSG
     text_only_msg: Text | None = None  # $TEXT_ONLY_MSG
@@ -133,7 +171,11 @@ class DatadogWebhook(BaseModel):
     @classmethod
     def _substituted_only(cls, data: object) -> object:
         data = _without_placeholders(data)
-        if isinstance(data, dict) and not data.get("title") and data.get("alert_title"):
+        if (
+            isinstance(data, dict)
+            and not _given(data.get("title"))
+            and _given(data.get("alert_title"))
+        ):
             return {**data, "title": data["alert_title"]}
         return data
 

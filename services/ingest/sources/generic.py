@@ -27,6 +27,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
@@ -97,14 +98,33 @@ EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
 )
 
 
+def _needs_a_headline(schema: JsonDict) -> None:
+    """In the JSON Schema of an alert: a title or a summary is given, and not as null.
+
+    Null means "not given". The published schema shows optional fields as what to
+    send (:class:`_OmitNulls`), so there "given" is enough; where they may be null
+    (ingest's OpenAPI), "given" must also say "not null".
+    """
+    properties = schema.get("properties")
+    schema["anyOf"] = [
+        _given(name, properties.get(name) if isinstance(properties, dict) else None)
+        for name in ("title", "summary")
+    ]
+
+
+def _given(name: str, field_schema: object) -> JsonDict:
+    options = field_schema.get("anyOf") if isinstance(field_schema, dict) else None
+    nullable = isinstance(options, list) and {"type": "null"} in options
+    if nullable:
+        return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+    return {"required": [name]}
+
+
 class GenericAlert(BaseModel):
     """One alert. It needs a title (or summary); every other field is optional."""
 
     model_config = ConfigDict(
-        frozen=True,
-        extra="ignore",
-        populate_by_name=True,
-        json_schema_extra={"anyOf": [{"required": ["title"]}, {"required": ["summary"]}]},
+        frozen=True, extra="ignore", populate_by_name=True, json_schema_extra=_needs_a_headline
     )
 
     status: AlertStatus = Field(
