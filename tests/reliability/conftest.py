@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from tests.reliability.harness import WebhookSink
 from tests.reliability.scale import FULL, OUTCOMES
+from tests.support.smtp import SmtpServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,3 +24,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section(f"reliability: {size}")
     for outcome in OUTCOMES:
         terminalreporter.write_line(outcome.line())
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    """The SMTP sink a scenario module's services send to."""
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[WebhookSink]:
+    """The signed-webhook sink a scenario module's services send to."""
+    with WebhookSink() as sink:
+        yield sink

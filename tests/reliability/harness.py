@@ -25,7 +25,8 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import EmailMessage
@@ -56,6 +57,7 @@ from tests.conftest import load_fixture
 from tests.support.fake_provider import FakeProvider
 from tests.support.plans import write_plan
 from tests.support.processes import ServiceProcess, System
+from tests.support.smtp import SmtpServer
 from tests.support.streams import incident_events, updates_due
 from tests.support.waiting import eventually
 
@@ -519,3 +521,30 @@ class Arrivals:
         if busy:
             notes.append(f"recorded dead while still being sent: {dict(busy)} (bug: {BUSY_BUG})")
         return notes
+
+
+@contextmanager
+def fanout_system(
+    redis_url: str,
+    directory: Path,
+    smtp: SmtpServer,
+    hooks: WebhookSink,
+    **overrides: str,
+) -> Iterator[tuple[tuple[Target, ...], System]]:
+    """The three services on ``redis_url`` with the fan-out plan (email to ``smtp``,
+    signed webhooks to ``hooks``), running until the block ends; yields the plan's
+    targets and the system."""
+    plan, targets = write_fanout_plan(directory, hooks.hook_url)
+    env = service_env(
+        redis_url,
+        plan,
+        CLARION_SMTP_HOST=smtp.host,
+        CLARION_SMTP_PORT=str(smtp.port),
+        **overrides,
+    )
+    system = System(env=env, log_dir=directory)
+    try:
+        system.start()
+        yield targets, system
+    finally:
+        system.stop()

@@ -45,14 +45,13 @@ from tests.reliability.harness import (
     WebhookSink,
     crash,
     delivery_records,
+    fanout_system,
     fault_points,
     opened_events,
     plan_for,
     post_alerts,
-    service_env,
     update_events,
     update_sequences,
-    write_fanout_plan,
 )
 from tests.reliability.scale import FULL, Outcome, report, sized
 from tests.support.fake_provider import Answer, Received
@@ -67,22 +66,6 @@ CRITICAL_EVERY = sized(4, 20)  # updates every 3 s: bounded load at the full siz
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[WebhookSink]:
-    with WebhookSink() as sink:
-        yield sink
-
-
-@pytest.fixture(scope="module")
 def targets_and_system(
     redis_url: str,
     smtp: SmtpServer,
@@ -91,20 +74,11 @@ def targets_and_system(
 ) -> Iterator[tuple[tuple[Target, ...], System]]:
     sync_redis.Redis.from_url(redis_url).flushdb()
     directory = tmp_path_factory.mktemp("kill-services")
-    plan, targets = write_fanout_plan(directory, hooks.hook_url)
-    env = service_env(
-        redis_url,
-        plan,
-        CLARION_SMTP_HOST=smtp.host,
-        CLARION_SMTP_PORT=str(smtp.port),
-        CLARION_HTTP_TIMEOUT_SECONDS="60",  # a held webhook outlasts the reclaims
-    )
-    system = System(env=env, log_dir=directory)
-    try:
-        system.start()
-        yield targets, system
-    finally:
-        system.stop()
+    held_webhook_outlasts_the_reclaims = {"CLARION_HTTP_TIMEOUT_SECONDS": "60"}
+    with fanout_system(
+        redis_url, directory, smtp, hooks, **held_webhook_outlasts_the_reclaims
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -46,14 +46,13 @@ from tests.reliability.harness import (
     Ledger,
     Target,
     WebhookSink,
+    fanout_system,
     fault_points,
     opened_events,
     plan_for,
     post_alerts,
-    service_env,
     update_events,
     wait_ready,
-    write_fanout_plan,
 )
 from tests.reliability.scale import FULL, Outcome, report, sized
 from tests.support.processes import ServiceProcess, System, free_port
@@ -142,22 +141,6 @@ async def persistence_facts(redis: Redis) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[WebhookSink]:
-    with WebhookSink() as sink:
-        yield sink
-
-
-@pytest.fixture(scope="module")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AofValkey]:
     server = AofValkey(tmp_path_factory.mktemp("aof-valkey"), free_port())
     server.start()
@@ -175,16 +158,8 @@ def targets_and_system(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[tuple[Target, ...], System]]:
     directory = tmp_path_factory.mktemp("redis-restart")
-    plan, targets = write_fanout_plan(directory, hooks.hook_url)
-    env = service_env(
-        valkey.url, plan, CLARION_SMTP_HOST=smtp.host, CLARION_SMTP_PORT=str(smtp.port)
-    )
-    system = System(env=env, log_dir=directory)
-    try:
-        system.start()
-        yield targets, system
-    finally:
-        system.stop()
+    with fanout_system(valkey.url, directory, smtp, hooks) as running:
+        yield running
 
 
 @pytest.fixture

@@ -39,11 +39,10 @@ from tests.reliability.harness import (
     Ledger,
     Target,
     WebhookSink,
+    fanout_system,
     opened_events,
     plan_for,
     post_alerts,
-    service_env,
-    write_fanout_plan,
 )
 from tests.reliability.scale import Outcome, report, sized
 from tests.support.processes import System
@@ -60,22 +59,6 @@ Unread = dict[tuple[str, str], set[str]]
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def hooks() -> Iterator[WebhookSink]:
-    with WebhookSink() as sink:
-        yield sink
-
-
-@pytest.fixture(scope="module")
 def targets_and_system(
     redis_url: str,
     smtp: SmtpServer,
@@ -84,16 +67,8 @@ def targets_and_system(
 ) -> Iterator[tuple[tuple[Target, ...], System]]:
     sync_redis.Redis.from_url(redis_url).flushdb()
     directory = tmp_path_factory.mktemp("trimming")
-    plan, targets = write_fanout_plan(directory, hooks.hook_url)
-    env = service_env(
-        redis_url, plan, CLARION_SMTP_HOST=smtp.host, CLARION_SMTP_PORT=str(smtp.port)
-    )
-    system = System(env=env, log_dir=directory)
-    try:
-        system.start()
-        yield targets, system
-    finally:
-        system.stop()
+    with fanout_system(redis_url, directory, smtp, hooks) as running:
+        yield running
 
 
 @pytest.fixture
