@@ -20,6 +20,7 @@ from services.ingest.sources.generic import (
     EXAMPLES,
     MAX_ALERTS,
     SEVERITIES,
+    VISIBLE,
     GenericAlert,
     GenericWebhook,
     fingerprint_of,
@@ -349,3 +350,11 @@ def test_what_the_schema_accepts_the_model_accepts(field: str, value: Any) -> No
     if field in ("starts_at", "ends_at") or not SCHEMA_VALIDATOR.is_valid(data):
         return
     model(data)
+
+
+@pytest.mark.parametrize("title", ["\x1e", "\x1c\x1d\x1f", "\x85", " \ufeff ", "\u3000\t"])
+def test_a_title_of_separators_or_a_bom_alone_is_blank_as_the_schema_says(title: str) -> None:
+    """The schema's pattern (ECMA-262) and the model agree on what is white space."""
+    assert json.dumps(VISIBLE) in json.dumps(json_schema())
+    with pytest.raises(ValidationError, match="must not be blank"):
+        GenericAlert.model_validate({"title": title, "status": "firing"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
@@ -46,14 +47,19 @@ MAX_ENTRIES: Final = 64
 MAX_FINGERPRINT_LENGTH: Final = 64
 
 
+VISIBLE: Final = r"[^\s\x1c-\x1f\x85\ufeff]"
+"""One character that is not white space, to Python and to JSON Schema (ECMA-262) alike:
+their ``\\s`` differ on the separators U+001C..U+001F, U+0085 and U+FEFF."""
+
+
 def _not_blank(text: str) -> str:
-    if not text.strip():
+    if not re.search(VISIBLE, text):
         raise PydanticCustomError("blank", "must not be blank")
     return text
 
 
-# Not blank: in JSON Schema, a pattern "\S" (found anywhere) says the same.
-_NOT_BLANK = (AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"}))
+# Not blank: in JSON Schema, the same pattern (found anywhere) says the same.
+_NOT_BLANK = (AfterValidator(_not_blank), Field(json_schema_extra={"pattern": VISIBLE}))
 Headline = Annotated[str, StringConstraints(min_length=1, max_length=500), *_NOT_BLANK]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=255), *_NOT_BLANK]
 EntryName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
