@@ -10,10 +10,8 @@ depends on real DNS. A redirect from an allowed receiver is never followed.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Final
 
 import httpx
 import pytest
@@ -30,6 +28,7 @@ from shared.settings import Settings
 from tests.reliability.hostile import Tally
 from tests.reliability.scale import report
 from tests.support.builders import T0, make_delivery, make_incident, make_incident_opened
+from tests.support.fake_dns import answer_names
 from tests.support.fake_provider import FakeProvider
 from tests.support.plans import make_plan
 
@@ -97,24 +96,7 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 @pytest.fixture
 def resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Answer :data:`RESOLVER`'s names; everything else goes to the real resolver."""
-    asked: list[str] = []
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in RESOLVER:
-            return real(host, port, *args, **kwargs)
-        asked.append(name)
-        answers: list[Any] = []
-        for text in RESOLVER[name]:
-            if ipaddress.ip_address(text).version == 4:
-                answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (text, port)))
-            else:
-                answers.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (text, port, 0, 0)))
-        return answers
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return asked
+    return answer_names(monkeypatch, RESOLVER)
 
 
 @pytest.fixture

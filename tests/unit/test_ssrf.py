@@ -20,6 +20,7 @@ from services.dispatcher.channels.ssrf import (
     address_refusal,
     pin,
 )
+from tests.support.fake_dns import answer_names
 
 
 async def pinned(url: str, *, allow_private: bool = False) -> Any:
@@ -31,24 +32,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> Callable[[Mapping[str, Sequence[str]
     """Answer the given names with the given addresses; returns the names looked up."""
 
     def install(table: Mapping[str, Sequence[str]]) -> list[str]:
-        real = socket.getaddrinfo
-        asked: list[str] = []
-
-        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-            name = host.decode() if isinstance(host, bytes) else host
-            if name not in table:
-                return real(host, port, *args, **kwargs)
-            asked.append(name)
-            answers: list[Any] = []
-            for text in table[name]:
-                if ipaddress.ip_address(text).version == 4:
-                    answers.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (text, port)))
-                else:
-                    answers.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (text, port, 0, 0)))
-            return answers
-
-        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-        return asked
+        return answer_names(monkeypatch, table)
 
     return install
 
