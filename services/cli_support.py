@@ -47,12 +47,16 @@ def plan_or_fail(path: Path | None) -> Plan:
         fail(str(exc))
 
 
-def dispatcher_client(settings: Settings, timeout: float = 10.0) -> httpx.Client:
-    """An HTTP client for the dispatcher's ops API, with the ops token when one is set."""
+def _ops_client(settings: Settings, base: str, timeout: float) -> httpx.Client:
+    """An HTTP client for an ops API at ``base``, with the ops token when one is set."""
     token = settings.ops_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    base = Endpoints.from_settings(settings).dispatcher
     return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def dispatcher_client(settings: Settings, timeout: float = 10.0) -> httpx.Client:
+    """An HTTP client for the dispatcher's ops API, with the ops token when one is set."""
+    return _ops_client(settings, Endpoints.from_settings(settings).dispatcher, timeout)
 
 
 def call_dispatcher(
@@ -68,15 +72,9 @@ def call_dispatcher(
         with dispatcher_client(settings) as client:
             response = client.request(method, path, json=body, params=params)
     except httpx.HTTPError as exc:
-        fail(
-            f"Cannot reach the dispatcher at {Endpoints.from_settings(settings).dispatcher}: {exc}"
-        )
+        fail(unreachable("the dispatcher", Endpoints.from_settings(settings).dispatcher, exc))
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("error", {}).get("message") or response.text
-        except ValueError:
-            detail = response.text
-        fail(f"The dispatcher answered {response.status_code}: {detail}")
+        fail(f"The dispatcher answered {response.status_code}: {response_detail(response)}")
     return response.json()
 
 
@@ -108,9 +106,7 @@ def ingest_client(
     settings: Settings, url: str | None = None, timeout: float = 10.0
 ) -> httpx.Client:
     """An HTTP client for ingest's operator API, with the ops token when one is set."""
-    token = settings.ops_token
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    return httpx.Client(base_url=ingest_url(settings, url), headers=headers, timeout=timeout)
+    return _ops_client(settings, ingest_url(settings, url), timeout)
 
 
 def call_ingest(

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from services.cli_support import dispatcher_client, fail, settings_or_fail
+from services.cli_support import dispatcher_client, fail, response_detail, settings_or_fail
 from shared.contracts import DeliveryStatus
 from shared.redaction import redact_text
 from shared.settings import Duration
@@ -278,19 +278,9 @@ def _get(client: httpx.Client, params: dict[str, Any]) -> dict[str, Any]:
     if response.status_code >= 500:
         raise DispatcherUnavailable(f"The dispatcher answered {response.status_code}.")
     if response.status_code >= 400:
-        fail(f"The dispatcher answered {response.status_code}: {_detail(response)}")
+        fail(f"The dispatcher answered {response.status_code}: {response_detail(response)}")
     body: dict[str, Any] = response.json()
     return body
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error", {})
-    except ValueError:
-        return response.text
-    fields = "; ".join(f"{f['field']}: {f['reason']}" for f in error.get("fields", []))
-    message = str(error.get("message") or response.text)
-    return f"{message} ({fields})" if fields else message
 
 
 def _console() -> Console:

@@ -20,6 +20,7 @@ its final record.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -218,6 +219,20 @@ class DeliveryStates:
             args=[retry_state(attempt), self._retention, DATA_FIELD, job_json],
         )
         return bool(done)
+
+    async def started(self, delivery_ids: Iterable[str], batch: int = 500) -> set[str]:
+        """Those of ``delivery_ids`` that have a state (queued, sent, ...), read in pipelined
+        batches: ten thousand deliveries are not ten thousand round trips."""
+        ids = list(delivery_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery_id in chunk:
+                    pipe.hget(delivery_state_key(delivery_id), "state")
+                states = await pipe.execute()
+            found.update(d for d, state in zip(chunk, states, strict=True) if state)
+        return found
 
     async def state(self, delivery_id: str) -> str:
         value = await self._redis.hget(delivery_state_key(delivery_id), "state")

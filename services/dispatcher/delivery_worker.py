@@ -124,6 +124,7 @@ class DeliveryWorker:
     ) -> None:
         self._redis = redis
         self._clock = clock
+        self._subscriptions = SubscriptionStore(redis, clock)
         self._channels = channels
         self._owner = owner
         self._states = states
@@ -270,8 +271,7 @@ class DeliveryWorker:
 
     async def _unsubscribed(self, job: DeliveryJob) -> bool:
         """Whether the recipient clicked unsubscribe after this delivery was planned."""
-        store = SubscriptionStore(self._redis, self._clock)
-        return bool(await store.unsubscribed_among([job.recipient]))
+        return bool(await self._subscriptions.unsubscribed_among([job.recipient]))
 
     async def _defer(
         self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta

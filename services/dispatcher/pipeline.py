@@ -49,7 +49,7 @@ from shared.logs import bound, get_logger
 from shared.plan import Plan
 from shared.redis_values import DATA_FIELD
 from shared.settings import Settings
-from shared.streams import delivery_state_key, delivery_stream, fanned_out_key
+from shared.streams import delivery_stream, fanned_out_key
 
 BATCH: Final = 500
 
@@ -127,7 +127,7 @@ class Dispatcher:
         deliveries = plan_deliveries(
             event, incident, self._plan, await self._subscribers(event, incident)
         )
-        started = await self._started(deliveries)
+        started = await self._states.started(d.delivery_id for d in deliveries)
         for delivery in deliveries:
             if delivery.delivery_id in started:
                 continue
@@ -157,7 +157,7 @@ class Dispatcher:
             sending = [d for d in deliveries if d.needs_approval]
         else:
             waiting = [d for d in deliveries if d.needs_approval and not d.suppressed]
-            started = await self._started(waiting)  # approved and sent before
+            started = await self._states.started(d.delivery_id for d in waiting)  # sent before
             held = [d for d in waiting if d.delivery_id not in started]
             if held:
                 await self._hold(event, incident, held, attempt)
@@ -183,18 +183,6 @@ class Dispatcher:
             addresses = await self._subscriptions.recipients_for(touched, known)
         unsubscribed = await self._subscriptions.unsubscribed_among(reach.public_addresses)
         return EmailSubscribers(addresses=tuple(addresses), unsubscribed=unsubscribed)
-
-    async def _started(self, deliveries: list[Delivery]) -> set[str]:
-        """The ids of ``deliveries`` that have a delivery state (queued, sent, ...), read in
-        pipelined batches: ten thousand subscribers are not ten thousand round trips."""
-        started: set[str] = set()
-        for batch in _batches(deliveries, BATCH):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for delivery in batch:
-                    pipe.hget(delivery_state_key(delivery.delivery_id), "state")
-                states = await pipe.execute()
-            started.update(d.delivery_id for d, state in zip(batch, states, strict=True) if state)
-        return started
 
     async def _queue(self, event: DispatchEvent, deliveries: Iterable[Delivery]) -> int:
         queued = 0

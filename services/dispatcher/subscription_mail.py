@@ -16,10 +16,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import ssl
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime
+from datetime import UTC
 from typing import Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -27,7 +24,11 @@ import aiosmtplib
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.dispatcher.channels.email_message import AUTO_RESPONSE_SUPPRESS, sender_domain
+from services.dispatcher.channels.email_message import (
+    AUTO_RESPONSE_SUPPRESS,
+    OutgoingEmail,
+    sender_domain,
+)
 from services.dispatcher.channels.smtp_sessions import smtp_client
 from services.dispatcher.outbox import OutboxMessage, queue_message
 from services.dispatcher.page_engine import PAGES
@@ -70,32 +71,6 @@ def scope_words(components: tuple[str, ...]) -> str:
     return f"incidents affecting {', '.join(components[:-1])} or {components[-1]}"
 
 
-@dataclass(frozen=True)
-class ConfirmationMail:
-    sender: str
-    recipient: str
-    subject: str
-    text: str
-    html: str
-    message_id: str
-    date: datetime
-    link: str
-
-    def mime(self) -> EmailMessage:
-        """multipart/alternative: the text, then the same words in HTML."""
-        email = EmailMessage()
-        email["From"] = self.sender
-        email["To"] = self.recipient
-        email["Subject"] = self.subject
-        email["Date"] = format_datetime(self.date)
-        email["Message-ID"] = self.message_id
-        email["Auto-Submitted"] = "auto-generated"
-        email["X-Auto-Response-Suppress"] = AUTO_RESPONSE_SUPPRESS
-        email.set_content(self.text)
-        email.add_alternative(self.html, subtype="html")
-        return email
-
-
 def compose_confirmation(
     pending: PendingSubscription,
     link: str,
@@ -103,7 +78,7 @@ def compose_confirmation(
     organization: str,
     status_url: str,
     email_from: str,
-) -> ConfirmationMail:
+) -> OutgoingEmail:
     """The confirmation email for ``pending``, whose confirm link is ``link``. Pure."""
     scope = scope_words(pending.components)
     hours = int(PENDING_FOR.total_seconds() // 3600)
@@ -140,15 +115,20 @@ def compose_confirmation(
             "hours": hours,
         },
     )
-    return ConfirmationMail(
+    message_id = f"<subscribe-{secrets.token_hex(16)}@{sender_domain(email_from)}>"
+    return OutgoingEmail(
         sender=email_from,
         recipient=pending.address,
         subject=f"Confirm your {organization} status updates",
         text=text + "\n",
         html=html,
-        message_id=f"<subscribe-{secrets.token_hex(16)}@{sender_domain(email_from)}>",
+        message_id=message_id,
         date=date,
-        link=link,
+        headers=(
+            ("Message-ID", message_id),
+            ("Auto-Submitted", "auto-generated"),
+            ("X-Auto-Response-Suppress", AUTO_RESPONSE_SUPPRESS),
+        ),
     )
 
 
@@ -170,14 +150,14 @@ class ConfirmationMailer:
         self._clock = clock
         self._tls_context = tls_context
 
-    async def send(self, mail: ConfirmationMail) -> str:
+    async def send(self, mail: OutgoingEmail) -> str:
         """Hand ``mail`` on; returns ``smtp`` or ``outbox:<entry id>``. Raises MailNotSent."""
         if not self._settings.smtp_host:
             return await self._keep(mail)
         await self._send_smtp(mail)
         return "smtp"
 
-    async def _send_smtp(self, mail: ConfirmationMail) -> None:
+    async def _send_smtp(self, mail: OutgoingEmail) -> None:
         settings = self._settings
         if settings.smtp_tls and settings.smtp_starttls:
             raise MailNotSent("CLARION_SMTP_TLS and CLARION_SMTP_STARTTLS exclude each other")
@@ -194,7 +174,7 @@ class ConfirmationMailer:
                 text = text.replace(password, "[REDACTED]")
             raise MailNotSent(text) from exc
 
-    async def _keep(self, mail: ConfirmationMail) -> str:
+    async def _keep(self, mail: OutgoingEmail) -> str:
         message = OutboxMessage(
             channel="email",
             to=mail.recipient,

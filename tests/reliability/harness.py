@@ -13,8 +13,9 @@ like Alertmanager, faults to inject into it, and the ledger that counts what cam
   receiver) it says which planned deliveries were lost and which arrived twice.
   Deliveries are planned here by hand from the plan the test wrote (event id, channel,
   recipient), not by the dispatcher's fan-out, so a fan-out that drops one is caught.
-  Two known bugs can hide a delivery from the log (:meth:`Ledger.lost`); the sinks then
-  decide, and the Outcome notes count them, naming the xfail test of each.
+  One known bug can record a delivery dead while it is still being sent
+  (:meth:`Ledger.dead_while_busy`, its xfail test named in :data:`BUSY_BUG`); the sinks
+  then decide, and the Outcome notes count such deliveries.
 """
 
 from __future__ import annotations

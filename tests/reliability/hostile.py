@@ -33,9 +33,6 @@ from tests.reliability.scale import Outcome
 from tests.support.asgi import serving_in_thread
 from tests.support.strategies import json_values
 
-KNOWN_BUG: Final = "known bug (xfail): "
-"""Prefix of the scenario line of a test that shows a bug not fixed yet."""
-
 DECLARED_ERRORS: Final = (ValidationError, InvalidPayload)
 """What a source may raise for a bad body: the route answers it with a 4xx."""
 

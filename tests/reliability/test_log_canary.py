@@ -36,7 +36,7 @@ from shared.redis_values import DATA_FIELD
 from shared.settings import Settings
 from shared.streams import DEAD_LETTERS, DELIVERY_LOG, UPDATES_DUE
 from tests.conftest import load_fixture
-from tests.reliability.hostile import KNOWN_BUG, Tally
+from tests.reliability.hostile import Tally
 from tests.reliability.scale import Outcome, report
 from tests.support.asgi import running
 from tests.support.fake_provider import FakeProvider
@@ -414,17 +414,14 @@ def test_no_canary_reaches_a_log_line(canary_run: CanaryRun) -> None:
     assert outcome.lost == 0, outcome.notes
 
 
-def answer_leaks(
-    run: CanaryRun, name: str, canaries: tuple[str, ...], what: str, *, known_bug: bool = False
-) -> Outcome:
+def answer_leaks(run: CanaryRun, name: str, canaries: tuple[str, ...], what: str) -> Outcome:
     leaked = [canary for canary in canaries if canary in run.answers[name]]
     tally = Tally()
     if leaked:
         tally.bad(f"the {name} answer shows {leaked}")
     else:
         tally.ok()
-    known = KNOWN_BUG if known_bug else ""
-    return report(tally.outcome(f"{known}logs: {what} in the {name} answer"))
+    return report(tally.outcome(f"logs: {what} in the {name} answer"))
 
 
 INGEST_CREDENTIALS: Final = (INGEST_TOKEN, ROUTING_KEY, WEBHOOK_SECRET.removeprefix("whsec_"))
