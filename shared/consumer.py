@@ -7,6 +7,10 @@ Each consumed stream gets two subscribers in one consumer group:
   crashed or failing consumer left pending.
 
 A handler that raises leaves its entry pending, so the reclaimer retries it.
+A handler that raises :class:`InProgressElsewhere` (a live worker is still on the
+work, e.g. a slow send whose lease it renews) leaves it pending too, but that
+delivery of the entry is taken back (its retry count set to what it was, its idle
+time restarted): however long the work lasts, it is never dead-lettered for it.
 An entry that cannot be decoded, that raises :class:`PermanentFailure`, or that
 has been delivered more than ``max_deliveries`` times goes to the dead-letter
 stream with its error, and is acknowledged: nothing poisons a stream. The dead
@@ -36,7 +40,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared.contracts import DeadLetter
-from shared.errors import PermanentFailure
+from shared.errors import InProgressElsewhere, PermanentFailure
 from shared.logs import get_logger
 from shared.redis_values import DATA_FIELD, as_text
 from shared.settings import Settings
@@ -85,6 +89,7 @@ class StreamEntry:
     group: str
     entry_id: str
     delivery_count: int
+    consumer: str = ""  # who holds the entry now (the reader's or the reclaimer's name)
 
 
 async def dead_letter(
@@ -146,6 +151,17 @@ class GuardedConsumer(Generic[T]):
         except PermanentFailure as exc:
             await self._give_up(message, body, entry, "permanent_failure", str(exc))
             return
+        except InProgressElsewhere as exc:
+            await self._uncount(entry)
+            log.info(
+                "message.in_progress_elsewhere",
+                stream=self.stream,
+                group=self.group,
+                entry_id=entry.entry_id,
+                delivery_count=entry.delivery_count,
+                reason=str(exc),
+            )
+            raise
         except Exception as exc:
             error = describe_error(exc)
             await self.redis.hset(errors_key, entry.entry_id, error)
@@ -160,6 +176,22 @@ class GuardedConsumer(Generic[T]):
             raise
         if entry.delivery_count > 1:
             await self.redis.hdel(errors_key, entry.entry_id)
+
+    async def _uncount(self, entry: StreamEntry) -> None:
+        """Take back this delivery of the entry: its retry count goes back to what it
+        was before, and its idle time restarts, so the next reclaim waits a full
+        ``reclaim_idle_ms`` and does not bring it nearer ``max_deliveries``."""
+        if not entry.consumer:
+            return
+        await self.redis.xclaim(
+            self.stream,
+            self.group,
+            entry.consumer,
+            min_idle_time=0,
+            message_ids=[entry.entry_id],
+            retrycount=max(entry.delivery_count - 1, 0),
+            justid=True,
+        )
 
     async def _give_up(
         self, message: T, body: bytes, entry: StreamEntry, reason: str, error: str | None
@@ -206,11 +238,13 @@ class GuardedConsumer(Generic[T]):
         )
 
         async def on_new(msg: RedisStreamMessage) -> None:
-            await self.process(msg.body, _entry(msg, self.group, delivery_count=1))
+            entry = _entry(msg, self.group, 1, reader.consumer or "")
+            await self.process(msg.body, entry)
 
         async def on_reclaimed(msg: RedisStreamMessage) -> None:
             count = await msg.get_delivery_count()
-            await self.process(msg.body, _entry(msg, self.group, delivery_count=count))
+            entry = _entry(msg, self.group, count, reclaimer.consumer or "")
+            await self.process(msg.body, entry)
 
         workers = self.max_workers if self.max_workers > 1 else None
         broker.subscriber(
@@ -225,7 +259,7 @@ class GuardedConsumer(Generic[T]):
         )(on_reclaimed)
 
 
-def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:
+def _entry(msg: Any, group: str, delivery_count: int, consumer: str) -> StreamEntry:
     raw = msg.raw_message
     ids = raw.get("message_ids") or [b""]
     return StreamEntry(
@@ -233,4 +267,5 @@ def _entry(msg: Any, group: str, delivery_count: int) -> StreamEntry:
         group=group,
         entry_id=as_text(ids[0]),
         delivery_count=delivery_count,
+        consumer=consumer,
     )

@@ -10,6 +10,8 @@ ClarionError
 ├── RateLimited           too many requests from one source: a 429 with Retry-After
 ├── PermanentFailure      retrying cannot help: the message goes to the dead-letter stream
 └── RetryableFailure      may work later: the message stays pending and is reclaimed
+    └── InProgressElsewhere   a live worker is on it right now: look again later, and this
+                              look does not count toward the dead-letter limit
 """
 
 from __future__ import annotations
@@ -79,3 +81,9 @@ class PermanentFailure(ClarionError):
 
 class RetryableFailure(ClarionError):
     pass
+
+
+class InProgressElsewhere(RetryableFailure):
+    """Another worker, still alive, is handling what this message asks for (a delivery
+    whose lease it keeps renewing). The message stays pending, and this delivery of it is
+    not counted: a slow send is never dead-lettered while it is still in progress."""

@@ -182,18 +182,8 @@ class Replayer:
                 "last_attempt": attempt + self._attempts - 1,
             }
         )
-        moved = await self._states.replay(
-            job.delivery_id, attempt, entry.letter.stream, again.model_dump_json()
-        )
         now = self._clock.now()
-        await self._redis.hset(REPLAYED_DEAD_LETTERS, entry.entry_id, now.isoformat())
-        if not moved:
-            state = await self._states.state(job.delivery_id)
-            return ReplayResult(
-                ReplayStatus.NOT_DEAD,
-                f"the delivery is no longer dead (state {state or 'new'!r}); nothing to replay",
-            )
-        await self._log.record(
+        record = self._log.redact(
             DeliveryRecorded(
                 delivery_id=job.delivery_id,
                 incident_id=job.incident_id,
@@ -208,6 +198,21 @@ class Replayer:
                 note=f"replayed from dead letters by {by}",
             )
         )
+        moved = await self._states.replay(
+            job.delivery_id,
+            attempt,
+            entry.letter.stream,
+            again.model_dump_json(),
+            dead_letter=(entry.entry_id, now.isoformat()),
+            record=record,
+        )
+        if not moved:
+            state = await self._states.state(job.delivery_id)
+            return ReplayResult(
+                ReplayStatus.NOT_DEAD,
+                f"the delivery is no longer dead (state {state or 'new'!r}); nothing to replay",
+            )
+        self._log.announce(record)
         return ReplayResult(ReplayStatus.REPLAYED, f"queued as attempt {attempt}")
 
 

@@ -138,17 +138,30 @@ class DeliveryLog:
         cannot store the record. Store it with :meth:`append`, or with the state change
         it goes with (:meth:`DeliveryStates.finish`), in one atomic step.
         """
-        stored = record.model_copy(
-            update={
-                "recipient": mask_recipient(record.recipient),
-                "error": redact_text(record.error) if record.error else record.error,
-                "note": redact_text(record.note) if record.note else record.note,
-            }
+        entry = self.redact(record)
+        self.announce(entry)
+        return entry
+
+    @staticmethod
+    def redact(record: DeliveryRecorded) -> Entry:
+        """``record`` as it is stored (recipient masked, error and note redacted), not yet
+        logged: for a record that is stored only if its state change happens (see
+        :meth:`announce`)."""
+        return Entry(
+            record.model_copy(
+                update={
+                    "recipient": mask_recipient(record.recipient),
+                    "error": redact_text(record.error) if record.error else record.error,
+                    "note": redact_text(record.note) if record.note else record.note,
+                }
+            )
         )
-        _log_attempt(stored)
+
+    def announce(self, entry: Entry) -> None:
+        """Write ``entry``'s log line and count it in the metrics."""
+        _log_attempt(entry.record)
         if self._metrics is not None:
-            self._metrics.observe(stored)
-        return Entry(stored)
+            self._metrics.observe(entry.record)
 
     async def append(self, entry: Entry) -> None:
         """Store a prepared entry on its own (no state change goes with it)."""

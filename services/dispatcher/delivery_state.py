@@ -29,7 +29,13 @@ from redis.asyncio import Redis
 
 from services.dispatcher.delivery_log import APPEND_RECORD_LUA, Entry
 from shared.redis_values import DATA_FIELD, as_text
-from shared.streams import DEAD_LETTERS, RETRY_DUE, RETRY_ITEMS, delivery_state_key
+from shared.streams import (
+    DEAD_LETTERS,
+    REPLAYED_DEAD_LETTERS,
+    RETRY_DUE,
+    RETRY_ITEMS,
+    delivery_state_key,
+)
 
 DONE: Final = "done"
 DEAD: Final = "dead"
@@ -111,16 +117,28 @@ redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS: state hash, the channel's job stream.
-# ARGV: new state, retention s, field, job JSON. Only a dead delivery with no live lease moves.
-_REPLAY: Final = """
-if (redis.call('HGET', KEYS[1], 'state') or '') ~= 'dead' then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'owner') == 1 then return 0 end
+# KEYS: state hash, the channel's job stream, the replayed dead letters' hash, then (with
+#       a record) the delivery log's keys (:attr:`delivery_log.Entry.keys`).
+# ARGV: new state, retention s, data field, job JSON, dead letter id ('' for none), replayed
+#       at, then (with a record) its arguments (:attr:`delivery_log.Entry.args`).
+# Only a dead delivery with no live lease moves; the dead letter is marked replayed either
+# way. The record goes first, so an error leaves nothing written.
+_REPLAY: Final = (
+    APPEND_RECORD_LUA
+    + """
+local movable = (redis.call('HGET', KEYS[1], 'state') or '') == 'dead'
+  and redis.call('HEXISTS', KEYS[1], 'owner') == 0
+if movable and #KEYS > 3 then
+  append_record(KEYS[4], KEYS[5], KEYS[6], ARGV[7], ARGV[8], ARGV[9])
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[6]) end
+if not movable then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4])
 return 1
 """
+)
 
 
 class ClaimKind(StrEnum):
@@ -212,12 +230,34 @@ class DeliveryStates:
         done = await self._finish(keys=keys, args=args)
         return bool(done)
 
-    async def replay(self, delivery_id: str, attempt: int, stream: str, job_json: str) -> bool:
-        """Move a dead delivery to ``retry:attempt`` and queue its job now; False if not dead."""
-        done = await self._replay(
-            keys=[delivery_state_key(delivery_id), stream],
-            args=[retry_state(attempt), self._retention, DATA_FIELD, job_json],
-        )
+    async def replay(
+        self,
+        delivery_id: str,
+        attempt: int,
+        stream: str,
+        job_json: str,
+        *,
+        dead_letter: tuple[str, str] | None = None,
+        record: Entry | None = None,
+    ) -> bool:
+        """Move a dead delivery to ``retry:attempt``, queue its job now and append its
+        delivery-log ``record``, in one atomic step; False if it is not dead (or a worker
+        still holds it). ``dead_letter`` (its entry id, the time) is marked replayed
+        either way."""
+        letter_id, replayed_at = dead_letter or ("", "")
+        keys = [delivery_state_key(delivery_id), stream, REPLAYED_DEAD_LETTERS]
+        args: list[str | int] = [
+            retry_state(attempt),
+            self._retention,
+            DATA_FIELD,
+            job_json,
+            letter_id,
+            replayed_at,
+        ]
+        if record is not None:
+            keys += record.keys
+            args += record.args
+        done = await self._replay(keys=keys, args=args)
         return bool(done)
 
     async def started(self, delivery_ids: Iterable[str], batch: int = 500) -> set[str]:

@@ -61,7 +61,7 @@ from shared.contracts import (
     ScheduledDelivery,
     UpdateDue,
 )
-from shared.errors import RetryableFailure
+from shared.errors import InProgressElsewhere
 from shared.incidents import load_incident
 from shared.logs import bound, get_logger
 from shared.plan import ChannelName
@@ -137,13 +137,14 @@ class DeliveryWorker:
 
     async def deliver(self, job: DeliveryJob) -> None:
         """Make this job's attempt, unless another job owns the delivery. Raises
-        :class:`RetryableFailure` only while another worker holds it (look again later)."""
+        :class:`InProgressElsewhere` only while another live worker holds it (look again
+        later; such a look never counts toward dead-lettering the job)."""
         with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
             # One owner token per claim: a reclaim in this same process is another owner.
             owner = f"{self._owner}/{uuid.uuid4().hex[:12]}"
             claim = await self._states.claim(job.delivery_id, owner, job.expects)
             if claim.kind is ClaimKind.BUSY:
-                raise RetryableFailure(f"delivery {job.delivery_id} is being sent elsewhere")
+                raise InProgressElsewhere(f"delivery {job.delivery_id} is being sent elsewhere")
             if claim.kind is not ClaimKind.CLAIMED:
                 log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
                 return

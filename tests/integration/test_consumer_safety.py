@@ -24,7 +24,7 @@ from services.dispatcher.handlers import build_consumers
 from shared.clock import ManualClock
 from shared.consumer import GuardedConsumer, StreamEntry, describe_error
 from shared.contracts import UpdateDue
-from shared.errors import PermanentFailure
+from shared.errors import InProgressElsewhere, PermanentFailure
 from shared.redis_values import DATA_FIELD, as_text
 from shared.settings import Settings
 from shared.streams import DEAD_LETTERS, DISPATCHER_GROUP, UPDATES_DUE, incident_key
@@ -160,6 +160,24 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_with_its_error(
     assert json.loads(dead["payload"]) == {"n": 2}
     assert recorder.attempts == [1, 2, 3]
     assert recorder.dead == [({"n": 2}, "RuntimeError: boom 3")]
+    assert await eventually(lambda: _zero_pending(redis), what="empty PEL")
+
+
+async def test_work_in_progress_elsewhere_is_never_dead_lettered(
+    redis: Redis, broker_for: Any
+) -> None:
+    """A live worker still on the job (a slow send) is looked at again and again, more
+    often than max_deliveries (3): none of those looks counts, so it is never
+    dead-lettered, and it is handled once the other worker lets go."""
+    recorder = Recorder(fail_times=6, error=InProgressElsewhere)
+    broker = await broker_for(recorder)
+    await broker.publish({"n": 9}, stream=STREAM)
+    await asyncio.wait_for(recorder.done.wait(), timeout=30)
+    assert len(recorder.attempts) == 7
+    assert max(recorder.attempts) <= 2  # each reclaim's count was taken back
+    assert recorder.handled == [{"n": 9}]
+    assert recorder.dead == []
+    assert await _dead_letters(redis) == []
     assert await eventually(lambda: _zero_pending(redis), what="empty PEL")
 
 

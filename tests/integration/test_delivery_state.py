@@ -33,6 +33,7 @@ from shared.redis_values import as_text, data_entries
 from shared.streams import (
     DEAD_LETTERS,
     DELIVERY_LOG,
+    REPLAYED_DEAD_LETTERS,
     RETRY_DUE,
     RETRY_ITEMS,
     delivery_state_key,
@@ -388,6 +389,54 @@ async def test_replay_moves_only_a_dead_delivery_and_queues_its_job_once(
     assert DeliveryJob.model_validate_json(payload) == again
     claim = await states.claim(DELIVERY, "worker-a", again.expects)  # the replayed job sends
     assert claim.kind is ClaimKind.CLAIMED
+
+
+async def test_replay_queues_the_job_records_it_and_marks_the_letter_in_one_step(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    stream = delivery_stream("email")
+    queued = entry(redis, DeliveryStatus.QUEUED)
+    await redis.hset(delivery_state_key(DELIVERY), "state", DONE)
+
+    moved = await states.replay(
+        DELIVERY, 4, stream, job(4).model_dump_json(), dead_letter=("1-1", "then"), record=queued
+    )
+
+    assert not moved  # not dead: no job, no record, but the letter is marked replayed
+    assert await redis.xlen(stream) == 0
+    assert await stored_records(redis) == []
+    assert as_text(await redis.hget(REPLAYED_DEAD_LETTERS, "1-1")) == "then"
+
+    await redis.hset(delivery_state_key(DELIVERY), "state", DEAD)
+    moved = await states.replay(
+        DELIVERY, 4, stream, job(4).model_dump_json(), dead_letter=("2-1", "now"), record=queued
+    )
+
+    assert moved
+    assert await redis.xlen(stream) == 1
+    assert [r.status for r in await stored_records(redis)] == [DeliveryStatus.QUEUED]
+    assert as_text(await redis.hget(REPLAYED_DEAD_LETTERS, "2-1")) == "now"
+
+
+async def test_a_replay_whose_record_cannot_be_stored_moves_nothing(
+    redis: Redis, states: DeliveryStates
+) -> None:
+    await redis.hset(delivery_state_key(DELIVERY), "state", DEAD)
+    await redis.set(DELIVERY_LOG, "not a stream")
+
+    with pytest.raises(ResponseError):
+        await states.replay(
+            DELIVERY,
+            4,
+            delivery_stream("email"),
+            job(4).model_dump_json(),
+            dead_letter=("3-1", "now"),
+            record=entry(redis, DeliveryStatus.QUEUED),
+        )
+
+    assert await states.state(DELIVERY) == DEAD
+    assert await redis.xlen(delivery_stream("email")) == 0
+    assert await redis.hget(REPLAYED_DEAD_LETTERS, "3-1") is None
 
 
 async def test_replay_waits_for_a_live_lease_on_a_dead_delivery(

@@ -13,9 +13,6 @@ like Alertmanager, faults to inject into it, and the ledger that counts what cam
   receiver) it says which planned deliveries were lost and which arrived twice.
   Deliveries are planned here by hand from the plan the test wrote (event id, channel,
   recipient), not by the dispatcher's fan-out, so a fan-out that drops one is caught.
-  One known bug can record a delivery dead while it is still being sent
-  (:meth:`Ledger.dead_while_busy`, its xfail test named in :data:`BUSY_BUG`); the sinks
-  then decide, and the Outcome notes count such deliveries.
 """
 
 from __future__ import annotations
@@ -75,9 +72,6 @@ FINAL: Final = frozenset(
     {DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.DEAD, DeliveryStatus.SUPPRESSED}
 )
 
-BUSY_BUG: Final = "test_kill_services.py::test_a_send_slower_than_the_reclaims_is_not_dead_lettered"
-BUSY: Final = "is being sent elsewhere"
-"""What a job that found its delivery busy says, and then what its DEAD record says."""
 SINK_CHANNELS: Final = frozenset({"email", "webhook"})
 """Channels whose every arrival the tests count (the SMTP mailbox, the webhook sink)."""
 
@@ -435,26 +429,10 @@ class Ledger:
         are written in one step; see test_redis_restart.py)."""
         return [p for d, p in self.planned.items() if not self.status(d) and self.states[d] == DONE]
 
-    def dead_while_busy(self) -> list[Planned]:
-        """Recorded dead because its job kept finding the delivery busy: another worker
-        still held it (bug: :data:`BUSY_BUG`); only a sink, or a ``done`` state, can say
-        whether the message went out."""
-        return [
-            p
-            for d, p in self.planned.items()
-            if self.status(d) is DeliveryStatus.DEAD
-            and BUSY in (self.records[d][-1].error or "")
-            and (p.channel in SINK_CHANNELS or self.states[d] == DONE)
-        ]
-
     def lost(self) -> list[Planned]:
-        """Planned deliveries not recorded sent, except those the known bug above hides
-        from the log (:meth:`dead_while_busy`): for those, the sinks (or the state) say
-        whether they went out. A delivery done without a final record
-        (:meth:`unrecorded`) counts as lost: its record is written with its state.
-        Once the busy bug is fixed, this is :meth:`not_sent`."""
-        hidden = self.dead_while_busy()
-        return [p for p in self.not_sent() if p not in hidden]
+        """Planned deliveries not recorded sent. A delivery done without a final record
+        (:meth:`unrecorded`) counts as lost: its record is written with its state."""
+        return self.not_sent()
 
     def explain_not_sent(self) -> list[str]:
         """One line per planned delivery that did not end sent, for a failure message."""
@@ -518,9 +496,6 @@ class Arrivals:
         unrecorded = Counter(p.channel for p in ledger.unrecorded())
         if unrecorded:
             notes.append(f"done without a final delivery-log record: {dict(unrecorded)}")
-        busy = Counter(p.channel for p in ledger.dead_while_busy())
-        if busy:
-            notes.append(f"recorded dead while still being sent: {dict(busy)} (bug: {BUSY_BUG})")
         return notes
 
 

@@ -123,8 +123,7 @@ def system(
         CLARION_RETRY_BASE="PT0.2S",
         CLARION_RETRY_MAX="PT1S",
         CLARION_HTTP_TIMEOUT_SECONDS="3",
-        # Nothing crashes here: reclaims would only race the held sends (a send slower
-        # than five reclaims is dead-lettered: BUSY_BUG in the harness).
+        # Nothing crashes here: reclaims would only find the held sends busy.
         CLARION_RECLAIM_IDLE_MS="20000",
     )
     system = System(env=env, log_dir=directory)
