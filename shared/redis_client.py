@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Final
 
 from faststream.redis import RedisBroker
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -10,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shared.streams import CONSUMER_GROUPS
 
@@ -19,37 +20,63 @@ MAX_CONNECTIONS = 200
 """Connections one client opens at most; past that, callers wait for one to come back."""
 POOL_WAIT_SECONDS = 10.0
 """How long a caller waits for a free connection before its command fails."""
+SOCKET_TIMEOUT_SECONDS: Final = 5.0
+"""How long one read or write on a Redis socket may take. Without it a reply that never
+comes (a server frozen or restarted under a half-open connection) holds its caller, and
+the connection, for ever. Longer than any command Clarion sends: the brokers' blocking
+reads wait ``CLARION_POLLING_INTERVAL_MS`` at most."""
+CONNECT_TIMEOUT_SECONDS: Final = 2.0
 
 
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), _RETRY_ATTEMPTS)
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), _RETRY_ATTEMPTS, RETRY_ON)
 
 
-RETRY_ON = [RedisConnectionError, RedisTimeoutError]
+RETRY_ON: Final = (RedisConnectionError,)
+"""What is retried: a refused or reset connection (Redis restarting, loading its AOF:
+a quick failure). Not a timeout: redis-py nests its retries (each command's attempt
+reconnects with its own retries), so a server that accepts connections but never
+answers would hold a caller for 7 x 7 socket timeouts; a timed-out write may also have
+been applied already. A timeout fails the call at once, and its caller (a consumer's
+reclaim, a webhook sender's retry) tries again."""
 
 
-def connect(url: str) -> Redis:
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> Redis:
     """A client that rides out a short Redis restart instead of failing the caller.
 
     Its pool blocks: a burst of concurrent requests (each ingest request holds a
     connection for its transaction) waits for a free connection rather than failing
-    with "too many connections" as redis-py's default pool does past its limit.
+    with "too many connections" as redis-py's default pool does past its limit. Every
+    socket operation is bounded (``socket_timeout``), then retried on a new connection.
+    Maintenance notifications (a Redis Enterprise/Cloud handshake that plain Redis and
+    Valkey refuse) are off: one command less per connection, and nothing to go wrong on
+    a reconnect.
     """
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
         timeout=POOL_WAIT_SECONDS,
-        retry=_retry(),
-        retry_on_error=RETRY_ON,
-        health_check_interval=15,
-        socket_keepalive=True,
-        socket_connect_timeout=2.0,
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        socket_timeout=socket_timeout,
+        **_connection_options(),
     )
     return Redis.from_pool(pool)
 
 
-def broker_retry() -> Retry:
-    return _retry()
+def broker_connection() -> dict[str, Any]:
+    """The connection options of every service's FastStream broker: the same retries
+    and bounded socket operations as :func:`connect`."""
+    return {"socket_timeout": SOCKET_TIMEOUT_SECONDS, **_connection_options()}
+
+
+def _connection_options() -> dict[str, Any]:
+    return {
+        "retry": _retry(),
+        "retry_on_error": list(RETRY_ON),
+        "health_check_interval": 15,
+        "socket_keepalive": True,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    }
 
 
 async def ensure_consumer_groups(redis: Redis) -> None:

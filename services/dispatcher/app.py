@@ -42,7 +42,7 @@ from shared.contracts import ApprovalGranted, ApprovalRequested
 from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
-from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
+from shared.redis_client import broker_connection, connect, ensure_consumer_groups, stop_broker
 from shared.retention import RetentionTask
 from shared.secret_values import configured_secrets
 from shared.settings import Settings
@@ -109,8 +109,7 @@ def create_app(
             await ensure_consumer_groups(redis)
             broker = RedisBroker(
                 url,
-                retry=broker_retry(),
-                retry_on_error=RETRY_ON,
+                **broker_connection(),
                 logger=get_logger("clarion.dispatcher.broker"),
                 graceful_timeout=GRACEFUL_STOP_SECONDS,  # sends in flight finish on SIGTERM
             )

@@ -40,7 +40,7 @@ from shared.errors import RetryableFailure
 from shared.http_errors import error_body, install_error_handlers, unavailable
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
-from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
+from shared.redis_client import broker_connection, connect, ensure_consumer_groups, stop_broker
 from shared.settings import Settings
 from shared.watchdog import report_stopped_subscribers
 
@@ -81,8 +81,7 @@ def create_app(
         redis = connect(url)
         broker = RedisBroker(
             url,
-            retry=broker_retry(),
-            retry_on_error=RETRY_ON,
+            **broker_connection(),
             logger=get_logger("clarion.ingest.broker"),
         )
         metrics = IngestMetrics()

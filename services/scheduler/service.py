@@ -37,7 +37,7 @@ from shared.contracts import ApprovalGranted, ApprovalRequested, ResolutionDue, 
 from shared.errors import ClarionError
 from shared.logs import get_logger
 from shared.plan import Plan, load_plan
-from shared.redis_client import RETRY_ON, broker_retry, connect, ensure_consumer_groups, stop_broker
+from shared.redis_client import broker_connection, connect, ensure_consumer_groups, stop_broker
 from shared.settings import Settings
 from shared.streams import (
     ACK_OVERDUE_DUE,
@@ -89,8 +89,7 @@ class BrokerUpdatePublisher:
 def build_broker(settings: Settings) -> RedisBroker:
     return RedisBroker(
         settings.require_redis_url(),
-        retry=broker_retry(),
-        retry_on_error=RETRY_ON,
+        **broker_connection(),
         logger=get_logger("clarion.scheduler.broker"),
     )
 
