@@ -182,7 +182,8 @@ class Settings(BaseSettings):
     # Consumers
     consumer_name: str = Field(default_factory=_default_consumer_name)
     max_records: int = Field(default=20, ge=1, le=1000)
-    polling_interval_ms: int = Field(default=500, ge=10)
+    # A blocking read waits this long: under the Redis socket timeout (5 s), or it would time out.
+    polling_interval_ms: int = Field(default=500, ge=10, le=4_000)
     reclaim_idle_ms: int = Field(default=60_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
     idempotency_lease_ms: int = Field(default=60_000, ge=100)

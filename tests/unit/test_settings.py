@@ -4,7 +4,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from shared.redis_client import SOCKET_TIMEOUT_SECONDS
 from shared.settings import Settings
 
 
@@ -60,3 +62,11 @@ def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None)
     assert settings.ingest_token is None
     assert settings.smtp_host is None
+
+
+def test_a_polling_interval_past_the_redis_socket_timeout_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLARION_POLLING_INTERVAL_MS", str(int(SOCKET_TIMEOUT_SECONDS * 1000)))
+    with pytest.raises(ValidationError, match="polling_interval_ms"):
+        Settings(_env_file=None)
