@@ -1,15 +1,22 @@
 """Scenario: template sandbox escapes in a plan's ``templates_dir`` are refused, never run.
 
-Each payload is written as the plan's override of ``title.txt.j2`` (the first template
-every message renders), and the plan is loaded the way services load it. The renderer
-must raise :class:`RenderFailed` naming that file, ``clarion plan check`` must report
+Each payload is written as the plan's override of the first template each message renders
+(``title.txt.j2``, the status page's own title, an email's ``subject.txt.j2``), and the plan
+is loaded the way services load it. The renderer must raise :class:`RenderFailed` naming
+that file, ``clarion plan check`` must report
 it, the dispatcher must record the deliveries failed and send nothing, and none of it
 may hang: every render runs under a deadline. A payload that would run a command
 would create a marker file; it must never exist.
 
-Memory bombs the sandbox must refuse *before* building the value (``str.format`` and
-``%`` widths, ``|format``, ``|join`` over a repeated list) run in a child process with
-a 768 MiB address-space limit, so a failure is a MemoryError there, not an outage here.
+Memory bombs the sandbox must refuse *before* building the value run in a child process
+with a 768 MiB address-space limit, so a failure is a MemoryError there, not an outage here:
+``str.format`` and ``%`` widths, ``|format``, ``|join`` over a repeated list, the text of a
+container (printed, through ``|string``, ``|tojson``, ``|pprint``, in a join, a format field,
+``%`` or ``~``), ``|wordwrap`` with a long wrapstring, ``|batch`` and ``|slice`` with huge
+counts, ``|sum`` of lists, ``|urlize``, ``|xmlattr`` and ``|urlencode`` that repeat what they
+are given, ``translate``, bytes methods, and output captured by a macro, a set block or an
+imported template. Each would build gigabytes; each must be refused at the output limit of
+200,000 characters. Legitimate uses of the same constructs near that limit still render.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from redis.asyncio import Redis
 
 from services.dispatcher.plan_check import check_plan
-from services.dispatcher.rendering.engine import RenderFailed
+from services.dispatcher.rendering.engine import RenderFailed, TemplateEngine
 from services.dispatcher.rendering.messages import Renderer
 from services.dispatcher.rendering.values import RenderContext
 from shared.clock import ManualClock
@@ -42,8 +50,9 @@ from tests.support.dispatching import ScriptedChannel, build_pipeline
 from tests.support.plans import write_plan
 
 OVERRIDE: Final = "title.txt.j2"
-SHOWN_AS: Final = f"plan-templates/{OVERRIDE}"
-OVERRIDES: Final = (OVERRIDE, "status_page/title.txt.j2")  # the status page has its own title
+# The status page has its own title; an email renders its subject instead of a title.
+OVERRIDES: Final = (OVERRIDE, "status_page/title.txt.j2", "email/subject.txt.j2")
+SHOWN_AS: Final = frozenset(f"plan-templates/{name}" for name in OVERRIDES)
 DEADLINE_SECONDS: Final = 60.0  # far above the engine's 1 s budget: only a hang trips it
 
 # What a leaked object or file would look like in an error message.
@@ -86,7 +95,7 @@ def payloads(marker: Path) -> dict[str, str]:
 
 
 def plan_with(directory: Path, text: str) -> Plan:
-    """A plan file whose templates_dir overrides every message's title with ``text``."""
+    """A plan file whose templates_dir overrides every message's title (subject) with ``text``."""
     for name in OVERRIDES:
         path = directory / "plan-templates" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +115,12 @@ class Verdict:
 
 
 async def verdict(plan: Plan, settings: Settings) -> Verdict:
-    """Render under a deadline; refused means RenderFailed naming the override, no leak."""
+    """Render under a deadline; refused means RenderFailed naming an override, no leak."""
     try:
         await asyncio.wait_for(asyncio.to_thread(render_email, plan, settings), DEADLINE_SECONDS)
     except RenderFailed as failed:
         leaked = [leak for leak in LEAKS if leak in str(failed)]
-        if failed.template != SHOWN_AS or leaked:
+        if failed.template not in SHOWN_AS or leaked:
             return Verdict(False, f"{failed} (leaks {leaked})")
         return Verdict(True, failed.reason)
     except TimeoutError:
@@ -187,7 +196,8 @@ CHILD: Final = textwrap.dedent(
     from services.dispatcher.rendering.engine import RenderFailed, TemplateEngine
 
     directory = Path(sys.argv[1])
-    (directory / "bomb.txt.j2").write_text(sys.argv[2], encoding="utf-8")
+    for name, text in json.loads(sys.argv[2]).items():
+        (directory / name).write_text(text, encoding="utf-8")
     engine = TemplateEngine([directory])
     resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
     try:
@@ -199,20 +209,52 @@ CHILD: Final = textwrap.dedent(
     """
 )
 
+BIG_LIST: Final = "['a' * 199999] * 199999"  # 199,999 references to one string: 40 GB of text
+LOOP_OF_BIG: Final = "{% for i in range(100000) %}{{ s }}{% endfor %}"  # 20 GB once joined
+MODULE: Final = "module.txt.j2"
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "{{ '{:>1000000000}'.format('a') }}",
-        "{{ '%1000000000s' % 'a' }}",
-        "{{ '%1000000000s'|format('a') }}",
-        "{{ (['a' * 199999] * 199999)|join }}",
-    ],
-    ids=["str.format width", "percent width", "format filter width", "join of a repeat"],
-)
+MEMORY_BOMBS: Final = {
+    "str.format width": "{{ '{:>1000000000}'.format('a') }}",
+    "percent width": "{{ '%1000000000s' % 'a' }}",
+    "format filter width": "{{ '%1000000000s'|format('a') }}",
+    "join of a repeat": "{{ (['a' * 199999] * 199999)|join }}",
+    "printed list": f"{{{{ {BIG_LIST} }}}}",
+    "string filter": f"{{{{ ({BIG_LIST})|string }}}}",
+    "escape filter": f"{{{{ ({BIG_LIST})|e }}}}",
+    "tojson": f"{{{{ ({BIG_LIST})|tojson }}}}",
+    "tojson indent": "{{ (range(100000)|list)|tojson(199999) }}",
+    "pprint": f"{{{{ ({BIG_LIST})|pprint }}}}",
+    "pprint indentation": "{{ {('k' * 100000): [0] * 25000}|pprint }}",
+    "list in a join": f"{{{{ [{BIG_LIST}]|join }}}}",
+    "list in a format field": f"{{{{ '{{}}'.format({BIG_LIST}) }}}}",
+    "list in percent": f"{{{{ '%s' % ({BIG_LIST},) }}}}",
+    "list in tilde": f"{{{{ ({BIG_LIST}) ~ '' }}}}",
+    "tilde chain": "{% set s = 'a' * 199999 %}{{ s" + " ~ s" * 10000 + " }}",
+    "namespace": f"{{% set ns = namespace(x={BIG_LIST}) %}}{{{{ ns }}}}",
+    "wordwrap wrapstring": "{{ ('a ' * 99999)|wordwrap(1, wrapstring='x' * 199999) }}",
+    "batch fill": "{{ [1]|batch(10 ** 10, 0)|list }}",
+    "slice count": "{{ [1]|slice(10 ** 9)|list }}",
+    "sum of lists": "{{ ([[0] * 200000] * 200000)|sum(start=[]) }}",
+    "urlize rel": "{{ ('www.a.com ' * 19999)|urlize(rel='x' * 199999) }}",
+    "xmlattr": "{{ dict.fromkeys(range(100000)|map('string'), 'a' * 199999)|xmlattr }}",
+    "urlencode": "{{ ([('a', 'b' * 199999)] * 199999)|urlencode }}",
+    "translate": "{{ ('a' * 199999).translate({97: 'b' * 199999}) }}",
+    "bytes center": "{{ 'a'.encode().center(10 ** 10) }}",
+    "bytes replace": "{{ ('a' * 199999).encode().replace('a'.encode(), ('b' * 199999).encode()) }}",
+    "macro output": "{% set s = 'a' * 199999 %}{% macro m() %}" + LOOP_OF_BIG + "{% endmacro %}"
+    "{{ m() }}",
+    "set block": "{% set s = 'a' * 199999 %}{% set x %}" + LOOP_OF_BIG + "{% endset %}{{ x }}",
+    "imported template": f"{{% import '{MODULE}' as m %}}{{{{ m.n }}}}",
+}
+# The template the "imported template" bomb imports: a new 200 kB string per iteration.
+IMPORTED: Final = "{% set n = 1 %}{% for i in range(100000) %}{{ 'a' * 199999 }}{% endfor %}"
+
+
+@pytest.mark.parametrize("text", MEMORY_BOMBS.values(), ids=MEMORY_BOMBS.keys())
 def test_memory_bombs_are_refused_before_they_are_built(tmp_path: Path, text: str) -> None:
+    files = {"bomb.txt.j2": text, MODULE: IMPORTED}
     answer = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path), text],
+        [sys.executable, "-c", CHILD, str(tmp_path), json.dumps(files)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -220,7 +262,7 @@ def test_memory_bombs_are_refused_before_they_are_built(tmp_path: Path, text: st
         cwd=Path(__file__).resolve().parents[2],
     )
     result = json.loads(answer.stdout)
-    refused = str(result.get("refused", "")).startswith("refused:")
+    refused = str(result.get("refused", "")).startswith("refused:")  # not a MemoryError
 
     line = report(
         Tally(sent=1, mishandled=0 if refused else 1).outcome(
@@ -228,3 +270,56 @@ def test_memory_bombs_are_refused_before_they_are_built(tmp_path: Path, text: st
         )
     )
     assert line.lost == 0, line.notes
+
+
+# Legitimate uses of the same constructs, each producing close to (not over) the limit.
+NEAR_THE_LIMIT: Final = {
+    "printed list": ("{{ range(20000)|list }}", len(str(list(range(20000))))),
+    "string filter": ("{{ (['ab'] * 30000)|string|length }}", "180000"),
+    "tojson": ("{{ (range(30000)|list)|tojson }}", len(json.dumps(list(range(30000))))),
+    "tojson indent": ("{{ (range(15000)|list)|tojson(4) }}", None),
+    "pprint": ("{{ (range(25000)|list)|pprint }}", None),
+    "list in a join": ("{{ [range(20000)|list, 'x']|join('; ') }}", None),
+    "list in a format field": ("{{ '{}!'.format(range(20000)|list) }}", None),
+    "list in percent": ("{{ '%s!' % (range(20000)|list,) }}", None),
+    "list in tilde": ("{{ (range(20000)|list) ~ '!' }}", None),
+    "wordwrap": ("{{ ('word ' * 30000)|wordwrap(40, wrapstring='<br>') }}", None),
+    "batch": ("{{ (range(100)|batch(150000, 0)|list)[0]|length }}", "150000"),
+    "slice": ("{{ (range(100)|slice(150000)|list)|length }}", "150000"),
+    "sum of lists": ("{{ ([[0] * 1000] * 150)|sum(start=[])|length }}", "150000"),
+    "urlize": ("{{ ('see www.example.com ' * 2000)|urlize(rel='nofollow') }}", None),
+    "xmlattr": ("{{ dict.fromkeys(range(100)|map('string'), 'a' * 1900)|xmlattr }}", None),
+    "translate": ("{{ ('ab' * 50000).translate({97: 'xy'}) }}", "xyb" * 50000),
+    "macro output": (
+        "{% macro m() %}{% for i in range(1900) %}{{ 'a' * 100 }}{% endfor %}{% endmacro %}"
+        "{{ m()|length }}",
+        "190000",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), NEAR_THE_LIMIT.values(), ids=NEAR_THE_LIMIT.keys())
+def test_legitimate_uses_near_the_limit_still_render(
+    tmp_path: Path, text: str, expected: int | str | None
+) -> None:
+    """``expected``: the text, its length, or None for "the same as Jinja's own sandbox"."""
+    (tmp_path / "ok.txt.j2").write_text(text, encoding="utf-8")
+    engine = TemplateEngine([tmp_path])
+    text_out = engine.render("ok.txt.j2", {})
+    if expected is None:
+        expected = plain_jinja(text)
+    elif isinstance(expected, int):
+        text_out = str(len(text_out))
+        expected = str(expected)
+
+    tally = Tally(sent=1, mishandled=0 if text_out == expected else 1)
+    line = report(tally.outcome(f"templates: near the limit {text[:40]}", f"{len(text_out)} chars"))
+    assert text_out == expected
+    assert line.lost == 0
+    assert len(text_out) <= 200_000
+
+
+def plain_jinja(text: str) -> str:
+    """What Jinja's own immutable sandbox renders (no size checks) for ``text``."""
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(text).render()

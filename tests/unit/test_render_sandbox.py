@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import pprint
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jinja2 import Environment
+from jinja2.filters import do_wordwrap
 
 from services.dispatcher.rendering.engine import (
     RenderFailed,
     TemplateEngine,
     TemplateProblem,
     sentence,
+)
+from services.dispatcher.rendering.size_limits import (
+    json_text,
+    pretty,
+    repr_length,
+    text_length,
+    wrapped,
 )
 
 LAYOUT = """\
@@ -378,9 +391,8 @@ def test_doubling_through_a_namespace_is_refused(engine: TemplateEngine, plan: P
         "{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"
     )
 
-    assert failure(engine, plan, text).reason == (
-        "refused: namespace value 's' is longer than the limit of 200000"
-    )
+    # ~ adds up its operands first, so the double is not even built.
+    assert failure(engine, plan, text).reason == "refused: ~ result exceeds 200000 characters"
 
 
 def test_doubling_through_macro_recursion_is_refused(engine: TemplateEngine, plan: Path) -> None:
@@ -389,7 +401,25 @@ def test_doubling_through_macro_recursion_is_refused(engine: TemplateEngine, pla
         "{{ grow('a', 64) }}"
     )
 
-    assert failure(engine, plan, text).reason == (
+    assert failure(engine, plan, text).reason == "refused: ~ result exceeds 200000 characters"
+
+
+def test_a_namespace_value_longer_than_the_limit_is_refused(
+    engine: TemplateEngine, plan: Path
+) -> None:
+    text = "{% set ns = namespace(s=long) %}{{ ns.s|length }}"
+
+    assert failure(engine, plan, text, long="a" * 200_001).reason == (
+        "refused: namespace value 's' is longer than the limit of 200000"
+    )
+
+
+def test_a_macro_argument_longer_than_the_limit_is_refused(
+    engine: TemplateEngine, plan: Path
+) -> None:
+    text = "{% macro show(s) %}{{ s|length }}{% endmacro %}{{ show(long) }}"
+
+    assert failure(engine, plan, text, long="a" * 200_001).reason == (
         "refused: a macro argument is longer than the limit of 200000"
     )
 
@@ -641,3 +671,437 @@ def test_sentence_filter_in_templates_escapes_once(engine: TemplateEngine, plan:
 
     assert engine.render("s.html.j2", {"impact": "Tom & Jerry"}) == "Tom &amp; Jerry. |"
     assert engine.render("s.txt.j2", {"impact": "Tom & Jerry"}) == "Tom & Jerry."
+
+
+# --- the text of containers, and filters that grow, are measured before they are built -----
+
+LIMIT = 1000  # small, so a bomb the checks missed would build about a megabyte, not gigabytes
+BIG_LIST = "['a' * 999] * 999"  # a thousand references to one string: a megabyte of text
+
+
+class Untouchable(list[str]):
+    """A list whose text must never be built: its ``repr`` (and so ``str``) raises.
+
+    The size checks walk a list without calling its ``repr``; Python's ``str``, ``format``,
+    ``%``, ``pprint`` and Markup's escaping all call it.
+    """
+
+    def __repr__(self) -> str:
+        raise AssertionError("the text of the list was built")
+
+
+@pytest.fixture
+def small(plan: Path, shipped: Path) -> TemplateEngine:
+    return TemplateEngine([plan, shipped], max_output_chars=LIMIT)
+
+
+def rendered(engine: TemplateEngine, plan: Path, text: str, name: str = "ok.txt.j2") -> str:
+    write(plan, name, text)
+    return engine.render(name, {"users": [{"n": 1, "name": "Ann"}, {"n": 2, "name": "Bo"}]})
+
+
+def text_refusal(kind: str, where: str) -> str:
+    return f"refused: the text of a {kind} {where} exceeds {LIMIT} characters"
+
+
+@pytest.mark.parametrize("name", ["probe.txt.j2", "probe.html.j2"])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f"{{{{ {BIG_LIST} }}}}", text_refusal("list", "to print")),
+        ("{{ big }}", text_refusal("Untouchable", "to print")),
+        ("{{ {'k': big} }}", text_refusal("dict", "to print")),
+        ("{{ (big,) }}", text_refusal("tuple", "to print")),
+        ("{{ {'k': big}.items() }}", text_refusal("dict_items", "to print")),
+        ("{% set ns = namespace(x=big) %}{{ ns }}", text_refusal("Namespace", "to print")),
+        ("{{ big ~ '' }}", f"refused: ~ result exceeds {LIMIT} characters"),
+        ("{{ [big]|join(', ') }}", f"refused: join result exceeds {LIMIT} characters"),
+        ("{{ ('-'|safe).join([big]) }}", f"refused: join result exceeds {LIMIT} characters"),
+        ("{{ '{}'.format(big) }}", f"refused: format result exceeds {LIMIT} characters"),
+        ("{{ '{!r:.5}'.format(big) }}", f"refused: format result exceeds {LIMIT} characters"),
+        (
+            "{{ '{x}'.format_map({'x': big}) }}",
+            f"refused: format result exceeds {LIMIT} characters",
+        ),
+        ("{{ '%s' % (big,) }}", f"refused: % formatting result exceeds {LIMIT} characters"),
+        ("{{ '%.3r' % (big,) }}", f"refused: % formatting result exceeds {LIMIT} characters"),
+        ("{{ '%(x)s'|format(x=big) }}", f"refused: % formatting result exceeds {LIMIT} characters"),
+        ("{{ big|pprint }}", text_refusal("Untouchable", "for the pprint filter")),
+        ("{{ {'k': big}|xmlattr }}", f"refused: xmlattr result exceeds {LIMIT} characters"),
+        ("{{ [('k', big)]|urlencode }}", f"refused: urlencode result exceeds {LIMIT} characters"),
+    ],
+)
+def test_the_text_of_a_large_container_is_never_built(
+    small: TemplateEngine, plan: Path, text: str, reason: str, name: str
+) -> None:
+    big = Untouchable(["a" * 999] * 999)
+
+    assert failure(small, plan, text, name, big=big).reason == reason
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        "string", "e", "escape", "forceescape", "safe", "upper", "lower", "capitalize", "title",
+        "trim", "striptags", "center(10)", "wordcount", "replace('a', 'b')", "urlize",
+        "sentence", "format", "indent", "wordwrap", "urlencode",
+    ],
+)  # fmt: skip
+def test_filters_that_turn_a_container_into_text_measure_it_first(
+    small: TemplateEngine, plan: Path, usage: str
+) -> None:
+    name = usage.partition("(")[0]
+    namespace = "{% set ns = namespace(x=big) %}"  # urlencode quotes what is not iterable
+
+    error = failure(small, plan, f"{namespace}{{{{ ns|{usage} }}}}", big=Untouchable(["a"] * 999))
+
+    assert error.reason == text_refusal("Namespace", f"for the {name} filter")
+
+
+def test_a_cycle_prints_as_python_prints_it(small: TemplateEngine, plan: Path) -> None:
+    text = "{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}"
+
+    assert rendered(small, plan, text) == "<Namespace {'me': <Namespace {...}>}>"
+
+
+def test_deep_nesting_is_measured_without_recursion(small: TemplateEngine, plan: Path) -> None:
+    text = (
+        "{% set ns = namespace(x=[]) %}"
+        "{% for i in range(3000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"
+    )
+
+    assert failure(small, plan, text).reason == text_refusal("list", "to print")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{{ [1, 'a', none, (2,), {'k': [true]}] }}", "[1, 'a', None, (2,), {'k': [True]}]"),
+        ("{{ range(150)|list }}", str(list(range(150)))),  # 640 characters: under the limit
+        ("{{ {'b': 1}.items() }} {{ (1, 2) }}", "dict_items([('b', 1)]) (1, 2)"),
+        ("{{ [1, 2]|string|length }} {{ [1, 2]|upper }}", "6 [1, 2]"),
+        ("{{ [1, 2] ~ '!' }} {{ 'a' ~ 1 ~ none }}", "[1, 2]! a1None"),
+        ("{{ [[1], [2]]|join('-') }}", "[1]-[2]"),
+        ("{{ '{} {!r}'.format([1], 'x') }} {{ '%s %r' % ([1], 'x') }}", "[1] 'x' [1] 'x'"),
+    ],
+)
+def test_small_containers_still_print(
+    small: TemplateEngine, plan: Path, text: str, expected: str
+) -> None:
+    assert rendered(small, plan, text) == expected
+
+
+def test_a_container_just_past_the_limit_is_refused(small: TemplateEngine, plan: Path) -> None:
+    assert failure(small, plan, "{{ range(250)|list }}").reason == text_refusal("list", "to print")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f"{{{{ ({BIG_LIST})|tojson }}}}", f"refused: tojson result exceeds {LIMIT} characters"),
+        (
+            "{{ (range(100)|list)|tojson(999) }}",
+            f"refused: tojson result exceeds {LIMIT} characters",
+        ),
+        ("{{ [1]|tojson(10 ** 9) }}", f"refused: tojson indent 1000000000 exceeds {LIMIT}"),
+        (
+            "{{ {('k' * 500): [0] * 100}|pprint }}",  # each of 100 lines indented by 505
+            f"refused: pprint result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ('a ' * 400)|wordwrap(1, wrapstring='x' * 999) }}",
+            f"refused: wordwrap result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ('a' * 999)|wordwrap(1, wrapstring='<br>') }}",
+            f"refused: wordwrap result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ [1]|batch(10 ** 9, 0)|list }}",
+            f"refused: batch size 1000000000 with fill_with exceeds {LIMIT}",
+        ),
+        ("{{ [1]|slice(10 ** 9)|list }}", f"refused: slice count 1000000000 exceeds {LIMIT}"),
+        (
+            "{{ [1]|slice(slices=10 ** 9, fill_with=0)|list }}",
+            f"refused: slice count 1000000000 exceeds {LIMIT}",
+        ),
+        ("{{ ([[0] * 999] * 999)|sum(start=[]) }}", f"refused: sum result exceeds {LIMIT} items"),
+        (
+            "{{ ('www.a.com ' * 50)|urlize(rel='x' * 999) }}",
+            f"refused: urlize result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ dict.fromkeys(range(100)|map('string'), 'a' * 999)|xmlattr }}",
+            f"refused: xmlattr result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ([('a', 'b' * 999)] * 999)|urlencode }}",
+            f"refused: urlencode result exceeds {LIMIT} characters",
+        ),
+    ],
+)
+def test_growing_filters_are_refused_before_a_huge_result_is_built(
+    small: TemplateEngine, plan: Path, text: str, reason: str
+) -> None:
+    assert failure(small, plan, text).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{{ {'b': [1, 2], 'a': none}|tojson }}", '{"a": null, "b": [1, 2]}'),
+        ("{{ {'a': [1]}|tojson(2) }}", '{\n  "a": [\n    1\n  ]\n}'),
+        ("{{ '<a>'|tojson }}", '"\\u003ca\\u003e"'),
+        ("{{ {'b': [1, 2], 'a': 'x'}|pprint }}", "{'a': 'x', 'b': [1, 2]}"),
+        ("{{ 'one two three four'|wordwrap(9) }}", "one two\nthree\nfour"),
+        ("{{ 'one two three'|wordwrap(7, wrapstring='<br>') }}", "one two<br>three"),
+        ("{{ 'ab cd\n\nef'|wordwrap(2) }}", "ab\ncd\n\nef"),
+        ("{{ 'abcdef'|wordwrap(4, false) }}", "abcdef"),
+        ("{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }}", "[[1, 2], [3, 4], [5, 0]]"),
+        ("{{ [1, 2, 3]|batch(10 ** 9)|list }}", "[[1, 2, 3]]"),
+        ("{{ [1, 2, 3, 4, 5]|slice(2, 0)|list }}", "[[1, 2, 3], [4, 5, 0]]"),
+        ("{{ [[1], [2, 3]]|sum(start=[]) }} {{ users|sum(attribute='n') }}", "[1, 2, 3] 3"),
+        (
+            "{{ 'see www.example.com'|urlize(target='_blank', rel='x') }}",
+            'see <a href="https://www.example.com" rel="noopener x" target="_blank">'
+            "www.example.com</a>",
+        ),
+        ("{{ {'class': 'a', 'no': none}|xmlattr }}", ' class="a"'),
+        ("{{ users|map(attribute='name')|list|xmlattr if false else 'skip' }}", "skip"),
+        ("{{ {'a': 'b c'}|urlencode }} {{ [('k', 1)]|urlencode }}", "a=b+c k=1"),
+    ],
+)
+def test_small_uses_of_growing_filters_still_work(
+    small: TemplateEngine, plan: Path, text: str, expected: str
+) -> None:
+    assert rendered(small, plan, text) == expected
+
+
+def test_wordwrap_and_pprint_up_to_the_limit_are_rendered(
+    small: TemplateEngine, plan: Path
+) -> None:
+    text = "{{ ('word ' * 150)|wordwrap(9)|length }} {{ (range(120)|list)|pprint|length }}"
+
+    # 150 five-letter lines (the spaces become newlines, the last one goes), and pprint's
+    # one item a line once the list passes 80 columns.
+    assert rendered(small, plan, text) == f"{150 * 5 - 1} {len(pprint.pformat(list(range(120))))}"
+
+
+# --- what a template captures, concatenates or adds is counted before it is joined ---------
+
+CAPTURED = f"refused: captured template output exceeds {LIMIT} characters"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{% macro m() %}{% for i in range(999) %}{{ s }}{% endfor %}{% endmacro %}{{ m()|length }}",
+        "{% set x %}{% for i in range(999) %}{{ s }}{% endfor %}{% endset %}{{ x|length }}",
+        "{% filter length %}{% for i in range(999) %}{{ s }}{% endfor %}{% endfilter %}",
+        "{% macro box() %}{{ caller()|length }}{% endmacro %}"
+        "{% call box() %}{% for i in range(999) %}{{ s }}{% endfor %}{% endcall %}",
+        "{% if false %}{% block b %}{% for i in range(999) %}{{ s }}{% endfor %}{% endblock %}"
+        "{% endif %}{{ self.b()|length }}",
+    ],
+    ids=["macro", "set block", "filter block", "call block", "block reference"],
+)
+def test_captured_output_is_refused_before_it_is_joined(
+    small: TemplateEngine, plan: Path, text: str
+) -> None:
+    error = failure(small, plan, "{% set s = 'a' * 999 %}" + text)
+
+    assert error.reason == CAPTURED
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{% import 'parts/loop.txt.j2' as m %}{{ m.n }}",
+        "{% include 'parts/loop.txt.j2' without context %}",
+    ],
+)
+def test_the_output_of_an_imported_template_is_bounded(
+    small: TemplateEngine, plan: Path, text: str
+) -> None:
+    write(
+        plan,
+        "parts/loop.txt.j2",
+        "{% set n = 1 %}{% for i in range(999) %}{{ 'a' * 999 }}{% endfor %}",
+    )
+
+    error = failure(small, plan, text)
+
+    assert error.reason == f"refused: the output of an imported template exceeds {LIMIT} characters"
+    assert (error.template, error.line) == ("plan-templates/probe.txt.j2", 1)
+
+
+def test_captured_and_imported_output_within_the_limit_works(
+    small: TemplateEngine, plan: Path
+) -> None:
+    write(plan, "parts/lib.txt.j2", "{% macro hi(n) %}Hi {{ n }}{% endmacro %}lib body")
+    text = (
+        "{% import 'parts/lib.txt.j2' as lib %}{% set x %}{{ 'a' * 400 }}{% endset %}"
+        "{% macro box() %}[{{ caller() }}]{% endmacro %}"
+        "{{ lib.hi('Ann') }}|{{ lib }}|{% include 'parts/lib.txt.j2' without context %}|"
+        "{{ x|length }}|{% call box() %}in{% endcall %}|{% filter upper %}up{% endfilter %}"
+    )
+
+    assert rendered(small, plan, text) == "Hi Ann|lib body|lib body|400|[in]|UP"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            "{{ ('a' * 600 + 'a' * 600)|length }}",
+            f"refused: addition would produce 1200 items, more than {LIMIT}",
+        ),
+        (
+            "{{ ([0] * 600 + [0] * 600)|length }}",
+            f"refused: addition would produce 1200 items, more than {LIMIT}",
+        ),
+        (
+            "{% set s = 'a' * 400 %}{{ (s ~ s ~ s)|length }}",
+            f"refused: ~ result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ('a' * 999).translate({97: 'bb'}) }}",
+            f"refused: translate result exceeds {LIMIT} characters",
+        ),
+        ("{{ 'a'.encode().center(10 ** 9) }}", f"refused: center width 1000000000 exceeds {LIMIT}"),
+        ("{{ 'a'.encode().zfill(10 ** 9) }}", f"refused: zfill width 1000000000 exceeds {LIMIT}"),
+        (
+            "{{ ('a' * 999).encode().replace('a'.encode(), 'bb'.encode()) }}",
+            f"refused: replace result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ('\t' * 999).encode().expandtabs(8) }}",
+            f"refused: expandtabs result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ '%1000000000s'.encode() % 'a'.encode() }}",
+            f"refused: format width 1000000000 exceeds {LIMIT}",
+        ),
+        (
+            "{{ ('%b' * 400).encode() % ((('a' * 999).encode(),) * 400) }}",
+            f"refused: % formatting result exceeds {LIMIT} characters",
+        ),
+        (
+            "{{ ''.encode().join([('a' * 999).encode()] * 999) }}",
+            f"refused: join result exceeds {LIMIT} characters",
+        ),
+    ],
+)  # fmt: skip
+def test_growing_operations_and_bytes_are_refused_before_they_are_built(
+    small: TemplateEngine, plan: Path, text: str, reason: str
+) -> None:
+    assert failure(small, plan, text).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{{ 'a' + 'b' }} {{ [1] + [2] }} {{ (1,) + (2,) }} {{ 1 + 2.5 }}", "ab [1, 2] (1, 2) 3.5"),
+        ("{{ ('a' * 500 + 'a' * 500)|length }}", "1000"),
+        ("{{ 'abc'.translate({97: 'xy', 98: none}) }}", "xyc"),
+        ("{{ 'a-b'.encode().replace('-'.encode(), ', '.encode()).decode() }}", "a, b"),
+        ("{{ ('%sb' % 'a'.encode()) }} {{ ('%b!'.encode() % 'a'.encode()).decode() }}", "b'a'b a!"),
+    ],
+)
+def test_small_additions_translations_and_bytes_still_work(
+    small: TemplateEngine, plan: Path, text: str, expected: str
+) -> None:
+    assert rendered(small, plan, text) == expected
+
+
+# --- the measures themselves (size_limits) ------------------------------------------------
+
+# Text repr writes as it is: printable ASCII without quotes or backslashes.
+PRINTABLE = st.text(
+    alphabet=st.characters(
+        codec="ascii", categories=["L", "N", "P", "Zs"], exclude_characters="'\"\\"
+    )
+)
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), PRINTABLE)
+CONTAINERS = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(PRINTABLE, inner, max_size=4),
+        st.frozensets(st.integers(), max_size=4),
+    ),
+    max_leaves=30,
+)
+ANY_TEXT = st.recursive(
+    st.one_of(SCALARS, st.text(), st.binary()),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=30,
+)
+
+
+@given(CONTAINERS)
+def test_text_length_is_exact_for_printable_values(value: object) -> None:
+    assert text_length(value, 10**9) == len(str(value))
+    assert repr_length(value, 10**9) == len(repr(value))
+
+
+@given(ANY_TEXT)
+def test_text_length_never_counts_more_than_the_text_has(value: object) -> None:
+    assert text_length(value, 10**9) <= len(str(value))
+    assert repr_length(value, 10**9) <= len(repr(value))
+
+
+def test_the_walk_stops_soon_after_the_budget() -> None:
+    huge = [["a" * 10] * 10**6] * 10**6  # 10**12 items of text, but only two lists
+
+    assert 100 < text_length(huge, 100) <= 120
+
+
+def test_cycles_and_deep_nesting_are_measured() -> None:
+    cycle: list[object] = []
+    cycle.append(cycle)
+    deep: list[object] = []
+    for _ in range(100_000):  # far deeper than repr could go
+        deep = [deep]
+
+    assert repr_length(cycle, 1000) == len(repr(cycle)) == len("[[...]]")
+    assert repr_length({"k": cycle}, 1000) == len(repr({"k": cycle}))
+    assert 1000 < text_length(deep, 1000) <= 1002
+
+
+def test_values_a_template_cannot_build_count_their_own_repr() -> None:
+    day = date(2024, 5, 1)
+
+    assert text_length(day, 1000) == 0  # printed on its own: left to the output limit
+    assert text_length([day, day], 1000) == len(str([day, day]))
+
+
+@given(CONTAINERS)
+def test_pretty_and_json_text_match_the_standard_library(value: object) -> None:
+    assert pretty(value, 10**9) == pprint.pformat(value)
+    if not isinstance(value, frozenset) and "frozenset" not in repr(value):
+        for options in ({"sort_keys": True}, {"sort_keys": True, "indent": 2}):
+            assert json_text(value, 10**9, **options) == json.dumps(value, **options)
+
+
+@given(
+    st.text(alphabet=" -\nab"),
+    st.integers(1, 12),
+    st.booleans(),
+    st.sampled_from(["\n", "<br>", ""]),
+    st.booleans(),
+)
+def test_wrapped_matches_jinja_s_wordwrap(
+    text: str, width: int, break_long_words: bool, wrapstring: str, break_on_hyphens: bool
+) -> None:
+    jinja = do_wordwrap(Environment(), text, width, break_long_words, wrapstring, break_on_hyphens)
+
+    assert jinja == wrapped(
+        text,
+        width=width,
+        break_long_words=break_long_words,
+        wrapstring=wrapstring,
+        break_on_hyphens=break_on_hyphens,
+        max_chars=10**9,
+    )

@@ -10,22 +10,33 @@ friends), undefined names are errors, and each render has two budgets:
   the sandbox hooks (calls, attribute and item access, intercepted operators, filters), so
   loops that print nothing still stop.
 
-Values a template creates are bounded too, each before it is built: ``*`` may not repeat a
-string or list past the output limit; integer ``*`` and ``**`` may not produce more than
-``MAX_INTEGER_BITS`` bits; padding widths (``center``, ``ljust``...), ``indent``,
-``expandtabs`` and ``replace`` are estimated before they run; ``str.format`` and
-``format_map`` are first measured field by field, refusing a field whose spec (nested fields
-filled in) has a width or precision above the limit, or a running total past it, before the
-field is built; printf-style ``%`` and ``|format`` add up their widths, precisions (``*``
-included) and string values first; ``join`` (filter and method) adds up its items and
-separators first. A string or sequence that a call, a filter or a namespace read returns, or
-that is passed to a macro, may not be longer than the output limit.
+Values a template creates are bounded too, each before it is built (the checks are in
+:mod:`~services.dispatcher.rendering.size_limits`): ``*`` and ``+`` may not make a string or
+list longer than the output limit; integer ``*`` and ``**`` may not produce more than
+``size_limits.MAX_INTEGER_BITS`` bits; padding widths (``center``, ``ljust``...), ``indent``,
+``expandtabs``, ``replace`` and ``translate`` are estimated before they run, for bytes too;
+``str.format`` and ``format_map`` are first measured field by field, refusing a field whose
+spec (nested fields filled in) has a width or precision above the limit, or whose text would
+take the total past it, before the field is built; printf-style ``%`` and ``|format`` add up
+their widths, precisions (``*`` included) and values' texts first; ``join`` (filter and
+method) and ``~`` add up their items' texts and separators first.
 
-These are guards against mistakes and cheap bombs, not a memory sandbox. Still built before a
-check sees them: the text of a large container (``{{ items }}``, ``|string``, ``|tojson``,
-``|pprint``, a list that is one item of a join or one field of a format), ``|wordwrap`` with
-a long ``wrapstring``, and ``|batch`` or ``|slice`` with huge counts. Process limits are the
-real backstop.
+The text of a container (``{{ items }}``, a filter that turns its input into a string such as
+``|string`` or ``|upper``, an item of a join, a field of a format, an operand of ``~``) is
+measured before it is built, by a walk that stops once past the limit. ``|pprint``,
+``|tojson`` and ``|wordwrap`` are built piece by piece and stop at the limit; ``|batch`` and
+``|slice`` refuse counts above it, ``|sum`` of lists, ``|urlize`` with a long ``rel`` or
+``target``, ``|xmlattr`` and ``|urlencode`` are added up first. Output a template captures
+(macros, call, set and filter blocks, imported templates) is counted chunk by chunk. A string
+or sequence that a call, a filter or a namespace read returns, or that is passed to a macro,
+may not be longer than the output limit.
+
+These are guards against mistakes and cheap bombs, not a memory sandbox. Every single
+operation is bounded, though not exactly: a text estimate leaves out the escapes ``repr``,
+JSON and HTML add (about ten characters for one at most), and pprint holds the repr of each
+nesting level it is writing. Values kept across many operations (namespace values, each
+within the limit) add up until the time budget runs out. Process limits are the real
+backstop.
 
 Errors all become :class:`RenderFailed`. The template it names is the file where the error
 happened (for an error in a layout, the layout), written as the search directory's name
@@ -37,8 +48,6 @@ apart from the file it replaces.
 from __future__ import annotations
 
 import functools
-import math
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +56,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import BuiltinMethodType, MethodType
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 from jinja2 import (
     FileSystemLoader,
@@ -57,8 +66,11 @@ from jinja2 import (
     TemplateSyntaxError,
     UndefinedError,
     nodes,
+    pass_environment,
     select_autoescape,
 )
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.environment import Environment, TemplateModule
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import Context, Macro
@@ -70,22 +82,18 @@ from jinja2.sandbox import (
 from jinja2.utils import Namespace
 from markupsafe import Markup, soft_str
 
-MAX_INTEGER_BITS: Final = 128
-"""Integer ``*`` and ``**`` refuse results estimated above this (about 38 decimal digits)."""
+from services.dispatcher.rendering.size_limits import (
+    BoundedText,
+    SizeLimits,
+    joined,
+    json_text,
+    pretty,
+    wrapped,
+)
 
 TEMPLATE_CACHE_SIZE: Final = 256
 
-# String methods (and filters of the same name) whose integer arguments are output widths.
-_WIDTH_OPERATIONS: Final = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "indent"})
-_SIZED: Final = (str, bytes, list, tuple, dict, set, frozenset)
 _CALL_BOOKKEEPING: Final = frozenset({"_loop_vars", "_block_vars"})
-_DIGITS: Final = re.compile(r"\d+")
-# A printf conversion after ``%`` and its optional ``(key)``: flags, width, precision,
-# length modifier (ignored by Python) and type; the type is missing at the end of the text.
-_PRINTF_CONVERSION: Final = re.compile(
-    r"[-+ #0]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d*))?[hlL]?(?P<kind>.)?", re.DOTALL
-)
-_PRINTF_TEXT_KINDS: Final = frozenset("sra")  # precision truncates these instead of padding
 
 
 class RenderFailed(Exception):
@@ -142,204 +150,13 @@ def _check_deadline() -> None:
         deadline.check()
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int)
-
-
-@dataclass(frozen=True)
-class _PrintfConversion:
-    key: str | None
-    width: str | None
-    precision: str | None
-    kind: str
-
-
-def _printf_conversions(template: str) -> Iterator[_PrintfConversion]:
-    """The conversions of a printf-style template, read as ``str % values`` reads them.
-
-    Stops where Python's own parsing would fail (an unclosed key, a ``%`` at the end).
-    """
-    start = template.find("%")
-    while start != -1:
-        position, key = start + 1, None
-        if template.startswith("(", position):  # a mapping key; Python allows nested parens
-            depth, end = 1, position + 1
-            while end < len(template) and depth:
-                depth += {"(": 1, ")": -1}.get(template[end], 0)
-                end += 1
-            if depth:
-                return
-            key, position = template[position + 1 : end - 1], end
-        match = _PRINTF_CONVERSION.match(template, position)
-        if match is None or match["kind"] is None:
-            return
-        yield _PrintfConversion(key, match["width"], match["precision"], match["kind"])
-        start = template.find("%", match.end())
-
-
-def _argument(options: Sequence[Any], named: Mapping[str, Any], index: int, key: str) -> Any:
-    """A call's argument given by position ``index`` or by name ``key``; None if absent."""
-    return options[index] if index < len(options) else named.get(key)
-
-
-def _replaced_length(subject: str, options: Sequence[Any], named: Mapping[str, Any]) -> int:
-    old, new, count = (
-        _argument(options, named, i, k) for i, k in enumerate(("old", "new", "count"))
-    )
-    if not (isinstance(old, str) and isinstance(new, str)) or len(new) <= len(old):
-        return len(subject)
-    found = len(subject) + 1 if not old else subject.count(old)
-    if _is_int(count) and count >= 0:
-        found = min(found, count)
-    return len(subject) + found * (len(new) - len(old))
-
-
-def _indented_length(subject: str, options: Sequence[Any], named: Mapping[str, Any]) -> int:
-    """At most what ``subject|indent(width, first)`` produces (blank lines stay unindented)."""
-    width = _argument(options, named, 0, "width")
-    width = 4 if width is None else width
-    indention = len(width) if isinstance(width, str) else max(width, 0) if _is_int(width) else 0
-    lines = len(subject.splitlines()) + (1 if _argument(options, named, 1, "first") else 0)
-    return len(subject) + lines * indention
-
-
-def _expanded_length(subject: str, options: Sequence[Any], named: Mapping[str, Any]) -> int:
-    """At most what ``subject.expandtabs(tabsize)`` produces: a tab grows to tabsize at most."""
-    tabsize = _argument(options, named, 0, "tabsize")
-    tabsize = 8 if tabsize is None else tabsize
-    return len(subject) + subject.count("\t") * (max(tabsize - 1, 0) if _is_int(tabsize) else 0)
-
-
-_ESTIMATED_RESULTS: Final[Mapping[str, Callable[[str, Sequence[Any], Mapping[str, Any]], int]]] = {
-    "replace": _replaced_length,
-    "indent": _indented_length,
-    "expandtabs": _expanded_length,
-}
-
-
-def _shown(number: int | str) -> str:
-    """A width for an error message, shortened when it is absurdly long."""
-    if isinstance(number, str):
-        return number if len(number) <= 20 else f"{number[:20]}... ({len(number)} digits)"
-    return str(number) if number.bit_length() <= 64 else f"of {number.bit_length()} bits"
-
-
-def _text_length(value: object) -> int:
-    return len(value) if isinstance(value, str) else len(str(value))
-
-
-@dataclass(frozen=True)
-class _Limits:
-    max_chars: int
-
-    def bound(self, value: object, what: str) -> None:
-        """Refuse a created string or collection longer than the output limit."""
-        if isinstance(value, _SIZED) and len(value) > self.max_chars:
-            raise SecurityError(f"{what} is longer than the limit of {self.max_chars}")
-
-    def size(self, number: int | str, what: str) -> int:
-        """A width or precision (an int, or a run of digits) refused above the output limit."""
-        if isinstance(number, str):
-            digits = number.lstrip("0")
-            # More digits than the limit has is too big; int() would refuse thousands of them.
-            too_long = len(digits) > len(str(self.max_chars))
-            value = self.max_chars + 1 if too_long else int(digits or "0")
-        else:
-            value = abs(number)
-        if value > self.max_chars:
-            raise SecurityError(f"{what} {_shown(number)} exceeds {self.max_chars}")
-        return value
-
-    def product(self, left: Any, right: Any) -> None:
-        if _is_int(left) and _is_int(right):
-            if left.bit_length() + right.bit_length() > MAX_INTEGER_BITS:
-                raise SecurityError(f"multiplication result exceeds {MAX_INTEGER_BITS} bits")
-            return
-        for sequence, times in ((left, right), (right, left)):
-            if (
-                isinstance(sequence, _SIZED)
-                and _is_int(times)
-                and len(sequence) * times > self.max_chars
-            ):
-                raise SecurityError(
-                    f"repetition would produce {len(sequence) * times} items,"
-                    f" more than {self.max_chars}"
-                )
-
-    def power(self, base: Any, exponent: Any) -> None:
-        if not (_is_int(base) and _is_int(exponent)) or abs(base) <= 1 or exponent <= 0:
-            return
-        if exponent * math.log2(abs(base)) > MAX_INTEGER_BITS:
-            raise SecurityError(f"exponentiation result exceeds {MAX_INTEGER_BITS} bits")
-
-    def before(
-        self, name: str, subject: Any, options: Sequence[Any], named: Mapping[str, Any]
-    ) -> None:
-        """Refuse a string operation whose result would obviously exceed the output limit."""
-        if name in _WIDTH_OPERATIONS:
-            for option in (*options, *named.values()):
-                if _is_int(option) and option > self.max_chars:
-                    raise SecurityError(f"{name} width {option} exceeds {self.max_chars}")
-        estimate = _ESTIMATED_RESULTS.get(name)
-        if (
-            estimate is not None
-            and isinstance(subject, str)
-            and estimate(subject, options, named) > self.max_chars
-        ):
-            raise SecurityError(f"{name} result exceeds {self.max_chars} characters")
-
-    def spec(self, spec: str) -> None:
-        """Refuse a ``str.format`` spec holding a number (a width or precision) too large.
-
-        Every run of digits counts, so specs of other types (``{:%Y}`` for a date) are safe too.
-        """
-        for digits in _DIGITS.findall(spec):
-            self.size(digits, "format width or precision")
-
-    def printf(self, template: str, values: object) -> None:
-        """Refuse ``template % values`` if its widths, precisions and strings pass the limit."""
-        positional = iter(values if isinstance(values, tuple) else (values,))
-        total = 0
-        for conversion in _printf_conversions(template):
-            width = self._printf_size(conversion.width, positional, "format width")
-            precision = self._printf_size(conversion.precision, positional, "format precision")
-            if conversion.kind == "%":
-                continue
-            if conversion.key is None:
-                value = next(positional, None)
-            else:
-                value = values.get(conversion.key) if isinstance(values, Mapping) else None
-            if conversion.kind in _PRINTF_TEXT_KINDS:
-                length = len(value) if isinstance(value, str) else 0
-                length = length if precision is None else min(length, precision)
-            else:
-                length = precision or 0
-            total += max(width or 0, length)
-            if total > self.max_chars:
-                raise SecurityError(f"% formatting result exceeds {self.max_chars} characters")
-
-    def _printf_size(self, written: str | None, positional: Iterator[Any], what: str) -> int | None:
-        """A width or precision: digits, or ``*`` for the next value (Python checks its type)."""
-        if written != "*":
-            return None if written is None else self.size(written, what)
-        value = next(positional, None)
-        return self.size(value, what) if _is_int(value) else None
-
-    def join(self, separator: str, lengths: Iterable[int]) -> None:
-        """Refuse a join whose items (their ``lengths``) and separators pass the limit."""
-        total = 0
-        for index, length in enumerate(lengths):
-            total += length + (len(separator) if index else 0)
-            if total > self.max_chars:
-                raise SecurityError(f"join result exceeds {self.max_chars} characters")
-
-
 class _MeasuringFormatter(SandboxedFormatter):
     """Formats like the sandbox's ``str.format``, checking each field before building it.
 
-    Used for a dry run. Fields are formatted one at a time, each spec is checked before its
-    field is formatted, and the run stops once the fields add up past the limit, so no more
-    than the limit plus one field (of a width within the limit) is ever built.
+    Used for a dry run. Fields are formatted one at a time; each spec is checked, and the
+    text of each field (after ``!r``, ``!s`` or ``!a``) measured, before the field is built,
+    and the run stops once the fields add up past the limit, so no more than the limit
+    plus one field (of a width within the limit) is ever built.
     """
 
     def __init__(self, env: _BoundedSandbox, **options: Any) -> None:
@@ -347,10 +164,16 @@ class _MeasuringFormatter(SandboxedFormatter):
         self._limits = env.limits
         self._total = 0
 
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion is not None:  # without one, format_field measures the value
+            self._limits.field(self._total, value, conversion)
+        return super().convert_field(value, conversion)
+
     def format_field(self, value: Any, format_spec: str) -> Any:
         self._limits.spec(format_spec)
+        self._limits.field(self._total, value)
         text = super().format_field(value, format_spec)
-        self._total += _text_length(text)
+        self._total += len(text) if isinstance(text, str) else len(str(text))
         if self._total > self._limits.max_chars:
             raise SecurityError(f"format result exceeds {self._limits.max_chars} characters")
         return text
@@ -360,30 +183,6 @@ class _MeasuringEscapeFormatter(_MeasuringFormatter, SandboxedEscapeFormatter):
     """The measuring formatter for ``Markup.format``, which escapes every field."""
 
 
-def _join_lengths(separator: str, items: Iterable[Any]) -> Iterator[int]:
-    """The text lengths ``separator.join(items)`` adds up.
-
-    ``Markup.join`` escapes, and so converts, every item; ``str.join`` fails on a non-string
-    without converting it, so such an item counts nothing (and the join raises).
-    """
-    converts = isinstance(separator, Markup)
-    for item in items:
-        yield len(item) if isinstance(item, str) else len(str(item)) if converts else 0
-
-
-def _join_filter_items(
-    env: _BoundedSandbox, value: Any, options: Sequence[Any], named: Mapping[str, Any]
-) -> list[Any]:
-    """The items ``value|join(d, attribute)`` joins, listed once their total is checked."""
-    items = list(value)  # a generator can be read once: the filter gets this list instead
-    separator, attribute = (
-        _argument(options, named, i, k) for i, k in enumerate(("d", "attribute"))
-    )
-    texts = items if attribute is None else map(make_attrgetter(env, attribute), items)
-    env.limits.join(str("" if separator is None else separator), map(_text_length, texts))
-    return items
-
-
 def _guarded_filter(
     name: str, func: Callable[..., Any], env: _BoundedSandbox
 ) -> Callable[..., Any]:
@@ -391,18 +190,15 @@ def _guarded_filter(
     # functools.wraps copies the marker, so Jinja passes the same arguments to the guard.
     first = 1 if hasattr(func, "jinja_pass_arg") else 0
     limits = env.limits
+    attribute_getter = functools.partial(make_attrgetter, env)
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_deadline()
         if len(args) > first:
-            value, options = args[first], args[first + 1 :]
-            if name == "join":
-                args = (*args[:first], _join_filter_items(env, value, options, kwargs), *options)
-            elif name == "format":  # printf-style: soft_str(value) % (kwargs or args)
-                limits.printf(soft_str(value), kwargs or tuple(options))
-            else:
-                limits.before(name, value, options, kwargs)
+            options = args[first + 1 :]
+            value = limits.filter_input(name, args[first], options, kwargs, attribute_getter)
+            args = (*args[:first], value, *options)
         result = func(*args, **kwargs)
         limits.bound(result, f"the result of the {name} filter")
         return result
@@ -410,19 +206,113 @@ def _guarded_filter(
     return guarded
 
 
+@pass_environment
+def _wordwrap(  # noqa: PLR0917  (the filter's arguments, positional in templates)
+    environment: Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    """Jinja's ``wordwrap`` filter, counting its result before joining it."""
+    assert isinstance(environment, _BoundedSandbox)
+    return wrapped(
+        s,
+        width=width,
+        break_long_words=break_long_words,
+        wrapstring=environment.newline_sequence if wrapstring is None else wrapstring,
+        break_on_hyphens=break_on_hyphens,
+        max_chars=environment.limits.max_chars,
+    )
+
+
+class _MeasuringCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with captured output bounded and ``~`` measured first.
+
+    Output a template captures (a macro's or call block's body, a set or filter block) goes
+    into ``environment.output_buffer()`` instead of a plain list, and the operands of ``~``
+    pass through ``environment.concat_operands`` before they are joined.
+    """
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802  (Jinja's name)
+        # The same join Jinja picks, applied to the measured operands.
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            join = "markup_join"
+        else:
+            join = "str_join"
+        self.write(f"{join}(environment.concat_operands((")
+        for operand in node.nodes:
+            self.visit(operand, frame)
+            self.write(", ")
+        self.write(")))")
+
+
+class _BoundedTemplate(Template):
+    """A template whose module (read by ``import`` and ``include ... without context``) is
+    rendered into a bounded buffer rather than a list of any length."""
+
+    def make_module(
+        self,
+        vars: dict[str, Any] | None = None,
+        shared: bool = False,
+        locals: Mapping[str, Any] | None = None,
+    ) -> TemplateModule:
+        environment = self.environment
+        assert isinstance(environment, _BoundedSandbox)
+        context = self.new_context(vars, shared, locals)
+        body = BoundedText(environment.limits.max_chars, "the output of an imported template")
+        body.extend(self.root_render_func(context))
+        return TemplateModule(self, context, body)
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox plus the render deadline and the size guards."""
 
-    intercepted_binops: frozenset[str] = frozenset({"*", "**", "%"})
+    intercepted_binops: frozenset[str] = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _MeasuringCodeGenerator
+    template_class = _BoundedTemplate
 
-    def __init__(self, limits: _Limits, **options: Any) -> None:
+    def __init__(self, limits: SizeLimits, **options: Any) -> None:
         self.limits = limits
         super().__init__(**options)
+        self.finalize = self._printable
+        self.policies["json.dumps_function"] = functools.partial(
+            json_text, max_chars=limits.max_chars
+        )
         # Placeholder text is no use in incident messages, and lipsum(n=10**6) is slow.
         del self.globals["lipsum"]
         self.filters["sentence"] = sentence
+        self.filters["pprint"] = functools.partial(pretty, max_chars=limits.max_chars)
+        self.filters["wordwrap"] = _wordwrap
         for name, func in list(self.filters.items()):
             self.filters[name] = _guarded_filter(name, func, self)
+
+    def _printable(self, value: Any) -> Any:
+        """What ``{{ value }}`` prints, once the text it turns into is measured."""
+        self.limits.text(value, "to print")
+        return value
+
+    def concat(self, parts: Iterable[str]) -> str:
+        """How compiled templates join captured output (a block read by ``self.name()``)."""
+        return joined(parts, self.limits.max_chars, "captured template output")
+
+    def output_buffer(self) -> BoundedText:
+        """Where compiled templates collect the output they capture (see the code generator)."""
+        return BoundedText(self.limits.max_chars, "captured template output")
+
+    def concat_operands(self, operands: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The operands of ``a ~ b ~ ...``, once their texts are added up."""
+        _check_deadline()
+        self.limits.concat(operands)
+        return operands
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """Jinja's sandboxed ``str.format`` / ``format_map``, measured by a dry run first.
@@ -453,16 +343,22 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _check_deadline()
-        # str methods, and Markup's wrappers of them, are bound methods of a string.
-        if isinstance(obj, BuiltinMethodType | MethodType) and isinstance(obj.__self__, str):
+        # str and bytes methods, and Markup's wrappers of them, are bound methods of a string.
+        if isinstance(obj, BuiltinMethodType | MethodType) and isinstance(
+            obj.__self__, str | bytes
+        ):
             if obj.__name__ == "join" and len(args) == 1 and not kwargs:
                 args = (list(args[0]),)  # a generator can be read once: join gets the list
-                self.limits.join(obj.__self__, _join_lengths(obj.__self__, args[0]))
+                separator = obj.__self__
+                self.limits.join(separator, args[0], converts=isinstance(separator, Markup))
             else:
                 self.limits.before(obj.__name__, obj.__self__, args, kwargs)
         if isinstance(obj, Macro):
-            for argument in (*args, *(v for k, v in kwargs.items() if k not in _CALL_BOOKKEEPING)):
-                self.limits.bound(argument, "a macro argument")
+            for argument_value in (
+                *args,
+                *(v for k, v in kwargs.items() if k not in _CALL_BOOKKEEPING),
+            ):
+                self.limits.bound(argument_value, "a macro argument")
         result = super().call(context, obj, *args, **kwargs)
         self.limits.bound(result, "a call result")
         return result
@@ -485,9 +381,11 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         _check_deadline()
         if operator == "*":
             self.limits.product(left, right)
+        elif operator == "+":
+            self.limits.addition(left, right)
         elif operator == "**":
             self.limits.power(left, right)
-        elif operator == "%" and isinstance(left, str):
+        elif operator == "%" and isinstance(left, str | bytes):
             self.limits.printf(left, right)
         return super().call_binop(context, operator, left, right)
 
@@ -507,7 +405,7 @@ class TemplateEngine:
         self._time_budget = time_budget
         self._loader = FileSystemLoader(self._dirs)
         self._env = _BoundedSandbox(
-            _Limits(max_output_chars),
+            SizeLimits(max_output_chars),
             loader=self._loader,
             undefined=StrictUndefined,
             autoescape=select_autoescape(
