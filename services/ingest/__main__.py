@@ -16,6 +16,7 @@ def main() -> None:
         lambda on_fatal: create_app(settings, on_fatal=on_fatal),
         settings.ingest_host,
         settings.ingest_port,
+        freeze_startup=True,
     )
 
 

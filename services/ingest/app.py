@@ -16,10 +16,12 @@ from typing import Final
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from faststream.redis import RedisBroker
 from redis.exceptions import RedisError
 
 from services.ingest.credentials import all_credentials, known_secrets, log_auth_posture
+from services.ingest.fast_lane import IngestApp
 from services.ingest.handlers import resolution_consumer
 from services.ingest.incident_actions import IncidentClosed, IncidentOpen
 from services.ingest.incident_store import IncidentNotFound, IncidentStore
@@ -65,7 +67,7 @@ def create_app(
     clock: Clock | None = None,
     on_fatal: Callable[[str], None] | None = None,
     plan: Plan | None = None,
-) -> FastAPI:
+) -> IngestApp:
     """The ingest app. ``on_fatal`` is called when consuming has stopped for good.
 
     ``plan`` defaults to the one ``CLARION_PLAN`` names (or the shipped one).
@@ -129,7 +131,7 @@ def create_app(
             await redis.aclose()
             await http.aclose()
 
-    app = FastAPI(
+    app = IngestApp(
         title="Clarion ingest",
         description=DESCRIPTION,
         version="1",
@@ -139,6 +141,9 @@ def create_app(
     _install_ingest_error_handlers(app)
     for router in (webhooks, pagerduty, sns, operator, ops, health):
         app.include_router(router)
+    for route in webhooks.routes:  # the hot path: see services.ingest.fast_lane
+        if isinstance(route, APIRoute):
+            app.serve_directly(route.path, route.endpoint)
     return app
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property, lru_cache
 from typing import Final, Literal
 
 import structlog
@@ -77,13 +78,15 @@ class InboundRequest:
     headers: Mapping[str, str]
     body: bytes
     client: str | None
-    _lowered: dict[str, str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _lowered(self) -> dict[str, str]:
+        """The headers by lowercased name (the first of repeated ones), built when first read:
+        a loopback-only ingest reads none."""
         lowered: dict[str, str] = {}
         for name, value in self.headers.items():
             lowered.setdefault(name.lower(), value)
-        object.__setattr__(self, "_lowered", lowered)
+        return lowered
 
     def header(self, name: str) -> str | None:
         return self._lowered.get(name.lower())
@@ -170,7 +173,7 @@ def authenticate(
     A valid credential wins even if another one presented is wrong.
     """
     if creds.loopback_only:
-        if is_loopback(request.client):
+        if _is_loopback(request.client):
             return "loopback"
         raise Forbidden(
             "ingest has no credentials configured and accepts requests only from its own host"
@@ -297,6 +300,13 @@ def _routing_keys(settings: Settings) -> tuple[SecretStr, ...]:
 def _secrets_of(settings: Settings, name: str) -> list[SecretStr]:
     found = (_secret(getattr(settings, f"{source}_{name}", None)) for source in SOURCES)
     return [s for s in found if s is not None]
+
+
+@lru_cache(maxsize=256)
+def _is_loopback(client: str | None) -> bool:
+    """:func:`is_loopback`, remembered for the last few senders (parsing an address
+    costs more than the rest of a loopback check)."""
+    return is_loopback(client)
 
 
 def _secret(value: object) -> SecretStr | None:

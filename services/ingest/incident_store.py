@@ -1,36 +1,53 @@
 """Incident state in Redis, changed atomically together with the events that announce it.
 
-One ``MULTI``/``EXEC`` writes the incident, its place in the time index, the
-group's open-incident pointer and every incident event (``XADD`` through
-FastStream, queued on the same pipeline). Either all of it lands or none of it
-does. ``WATCH`` on the pointer and on the incident makes concurrent ingest
-instances retry instead of splitting or doubling an incident.
+A change is computed in Python from what the store last saw of the group, then
+committed by one Lua script (:data:`services.ingest.incident_scripts.COMMIT_SOURCE`)
+that writes the incident, its place in the time index, the group's open-incident
+pointer and every incident event (``XADD``, in FastStream's envelope), all or
+nothing, and only if the pointer and the incident are still as the change saw
+them. Otherwise the script answers what is there now, and the change is computed
+again from that: concurrent ingest instances retry instead of splitting or
+doubling an incident, as with ``WATCH``/``MULTI``. A change that writes nothing
+(a resend) is checked the same way, so its answer is never based on stale state.
+
+What the store saw of a group comes from :class:`SnapshotCache` (the state its
+last change left); a group it has not seen is taken to have no open incident,
+which for a new alert group (the common case) is right the first time: one round
+trip to Redis per webhook. Round trips of concurrent requests are shared
+(:class:`~shared.redis_batches.CoalescedCalls`), and within one
+process, changes to one group or incident take turns (:class:`KeyedLocks`), so
+they do not race each other into retries.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
+from redis.typing import EncodableT, KeyT
 
 from services.ingest.correlation import correlate
-from services.ingest.incident_change import Correlation, promised
+from services.ingest.incident_change import Correlation, IncidentChangeEvent, promised
+from services.ingest.incident_scripts import ABSENT, CHECK_ONLY, COMMIT_SOURCE, NOT_READ
+from services.ingest.keyed_locks import KeyedLocks
+from services.ingest.snapshot_cache import Snapshot, SnapshotCache
 from shared.clock import Clock
 from shared.contracts import Alert, Incident
 from shared.errors import ClarionError, RetryableFailure
 from shared.logs import get_logger
 from shared.plan import Plan
-from shared.redis_values import as_text
+from shared.redis_batches import CoalescedCalls
+from shared.redis_values import DATA_FIELD, as_text
 from shared.streams import INCIDENT_EVENTS, INCIDENTS_BY_TIME, incident_key, open_incident_key
 
 MAX_ATTEMPTS: Final = 50
+INCIDENT_KEY_PREFIX: Final = incident_key("")
+JSON_HEADERS: Final = {"content-type": "application/json"}
 
 log = get_logger("clarion.ingest.store")
 
@@ -62,6 +79,10 @@ class IncidentStore:
         self._broker = broker
         self._clock = clock
         self._plan = plan
+        self._calls = CoalescedCalls(redis)
+        self._commit_script = redis.register_script(COMMIT_SOURCE)
+        self._turns = KeyedLocks()
+        self._seen = SnapshotCache()
 
     async def apply(
         self,
@@ -121,71 +142,144 @@ class IncidentStore:
         change: Callable[[Incident | None, datetime], Correlation],
         aliases: Collection[str] = (),
     ) -> ApplyResult:
-        for _ in range(MAX_ATTEMPTS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    current, pointed = await self._load(pipe, open_key, incident_id)
-                    outcome = change(current, self._clock.now())
-                    if outcome.incident is None:
-                        return _result(current, outcome)  # leaving the block unwatches
-                    pointer = open_key or open_incident_key(outcome.incident.key)
-                    if open_key is None:  # else _load watched and read it already
-                        await pipe.watch(pointer)
-                        pointed = as_text(await pipe.get(pointer) or b"")
-                    points_here = pointed == outcome.incident.id
-                    pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                    await self._queue_writes(pipe, pointer, points_here, outcome, aliases)
-                    await pipe.execute()
-                except WatchError:
-                    log.debug("incident_store.retry", open_key=open_key, incident_id=incident_id)
-                    continue
-            return _result(current, outcome)
+        turn = open_key or incident_key(incident_id or "")
+        async with self._turns.hold(turn):
+            if open_key is not None:  # remembered, or taken to have no open incident
+                seen, read_now = self._seen.get(open_key) or Snapshot.NONE_OPEN, False
+            else:
+                assert incident_id is not None
+                raw = await self._calls.execute("GET", incident_key(incident_id))
+                seen, read_now = Snapshot(None, raw), True
+            for _ in range(MAX_ATTEMPTS):
+                current = seen.incident()
+                outcome = change(current, self._clock.now())
+                if outcome.incident is None and read_now:  # nothing to store, nothing to check
+                    self._remember(open_key, seen, None, None, aliases)
+                    return _result(current, outcome)
+                stored = outcome.incident.model_dump_json().encode() if outcome.incident else None
+                now = await self._commit(
+                    seen,
+                    outcome,
+                    stored,
+                    open_key=open_key,
+                    incident_id=incident_id,
+                    aliases=aliases,
+                )
+                if now is None:
+                    self._remember(open_key, seen, outcome.incident, stored, aliases)
+                    return _result(current, outcome)
+                seen, read_now = now, True
+                log.debug("incident_store.retry", open_key=open_key, incident_id=incident_id)
         raise RetryableFailure("the incident kept changing under us; try again")
 
-    async def _load(
-        self, pipe: Pipeline, open_key: str | None, incident_id: str | None
-    ) -> tuple[Incident | None, str]:
-        """The incident (watched), and the id ``open_key`` points at ("" without one)."""
-        pointed = ""
-        if open_key is not None:
-            await pipe.watch(open_key)
-            raw_id = await pipe.get(open_key)
-            if raw_id is None:
-                return None, pointed
-            incident_id = pointed = as_text(raw_id)
-        assert incident_id is not None
-        key = incident_key(incident_id)
-        await pipe.watch(key)
-        raw = await pipe.get(key)
-        if raw is None:
-            if open_key is not None:
-                log.warning("incident_store.dangling_pointer", incident_id=incident_id)
-            return None, pointed
-        return Incident.model_validate_json(raw), pointed
-
-    async def _queue_writes(
+    async def _commit(
         self,
-        pipe: Pipeline,
-        pointer: str,
-        points_here: bool,
+        seen: Snapshot,
         outcome: Correlation,
+        stored: bytes | None,
+        *,
+        open_key: str | None,
+        incident_id: str | None,
+        aliases: Collection[str],
+    ) -> Snapshot | None:
+        """Store ``outcome`` (its incident as ``stored``), or with nothing to store check,
+        if ``seen`` still stands.
+
+        None when done; else what is there now, to compute the change again from.
+        """
+        incident = outcome.incident
+        read = seen.pointed or incident_id  # the incident the change saw, if any
+        written = incident_key(incident.id) if incident else INCIDENT_KEY_PREFIX
+        keys: list[KeyT] = [
+            incident_key(read) if read else written,
+            written,
+            open_key or open_incident_key(incident.key if incident else ""),
+            INCIDENTS_BY_TIME,
+            INCIDENT_EVENTS,
+        ]
+        args: list[EncodableT] = [  # what must still stand
+            NOT_READ if seen.pointed is None else seen.pointed,
+            NOT_READ if read is None else (seen.digest or ABSENT),
+            INCIDENT_KEY_PREFIX,
+        ]
+        if incident is None or stored is None:
+            args.append(CHECK_ONLY)
+        else:
+            keys += [open_incident_key(alias) for alias in aliases]
+            args += [
+                incident.id,
+                stored,
+                incident.opened_at.timestamp(),
+                "1" if incident.is_open else "0",
+                DATA_FIELD,
+                *await self._envelopes(outcome.events, incident, stored),
+            ]
+        reply = await self._calls.script(self._commit_script, keys, args)
+        if reply == 1:
+            return None
+        return self._now(reply, by_pointer=open_key is not None)
+
+    def _now(self, reply: Any, *, by_pointer: bool) -> Snapshot:
+        """What the commit script answered is there now, as a snapshot."""
+        raw_pointer, raw = reply
+        if not by_pointer:
+            return Snapshot(None, raw or None)
+        if not raw_pointer:
+            return Snapshot.NONE_OPEN
+        pointed = as_text(raw_pointer)
+        if not raw:
+            log.warning("incident_store.dangling_pointer", incident_id=pointed)
+        return Snapshot(pointed, raw or None)
+
+    def _remember(
+        self,
+        open_key: str | None,
+        seen: Snapshot,
+        incident: Incident | None,
+        stored: bytes | None,
         aliases: Collection[str],
     ) -> None:
-        incident = outcome.incident
-        assert incident is not None
-        pipe.set(incident_key(incident.id), incident.model_dump_json())
-        pipe.zadd(INCIDENTS_BY_TIME, {incident.id: incident.opened_at.timestamp()})
-        if incident.is_open:
-            pipe.set(pointer, incident.id)
-            for alias in aliases:  # a stale alias points at a resolved incident: harmless
-                pipe.set(open_incident_key(alias), incident.id)
-        elif points_here:
-            # A resolved group that fires again later opens a new incident.
-            pipe.delete(pointer)
-        for event in outcome.events:
-            await self._broker.publish(
-                promised(event, self._plan), stream=INCIDENT_EVENTS, pipeline=pipe
+        """Keep what the group is now, for its next change; forget what is not known."""
+        if incident is None or stored is None:  # checked: as seen
+            if open_key is not None:
+                self._seen.put(open_key, seen)
+            return
+        pointer = open_key or open_incident_key(incident.key)
+        if incident.is_open:  # the pointer names it now
+            self._seen.put(pointer, Snapshot(incident.id, stored))
+        elif open_key is not None:  # found through the pointer, which is gone now
+            self._seen.put(pointer, Snapshot.NONE_OPEN)
+        else:  # the pointer is gone if it named this incident; it may name another
+            self._seen.forget(pointer)
+        for alias in aliases:  # pointed here too, but not remembered (rarely used)
+            self._seen.forget(open_incident_key(alias))
+
+    async def _envelopes(
+        self, events: Sequence[IncidentChangeEvent], incident: Incident, stored: bytes
+    ) -> list[bytes]:
+        """Each event with its promise, as FastStream publishes it (its binary envelope).
+
+        ``stored`` is ``incident`` as JSON: written into the events that carry it.
+        """
+        correlation_id = self._broker.config.id_generator
+        return [
+            await self._broker.message_format.encode(
+                message=event_json(promised(event, self._plan), incident, stored),
+                reply_to=None,
+                headers=JSON_HEADERS,
+                correlation_id=correlation_id(),
             )
+            for event in events
+        ]
+
+
+def event_json(event: IncidentChangeEvent, incident: Incident, stored: bytes) -> bytes:
+    """``event`` as JSON; when it carries ``incident``, its JSON ``stored`` is written in
+    rather than made again (the incident is most of an event: a third of its serialising)."""
+    if event.incident is not incident:
+        return event.model_dump_json().encode()
+    rest = event.model_dump_json(exclude={"incident"}).encode()  # never "{}": it has an id
+    return b'{"incident":' + stored + b"," + rest[1:]
 
 
 def _result(current: Incident | None, outcome: Correlation) -> ApplyResult:

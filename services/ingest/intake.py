@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel
 from redis.exceptions import RedisError
@@ -32,6 +32,8 @@ M = TypeVar("M", bound=BaseModel)
 
 log = get_logger("clarion.ingest.intake")
 
+_UNPARSED: Final = object()
+
 
 @dataclass
 class Session:
@@ -43,6 +45,7 @@ class Session:
     body: bytes | None = None
     scheme: str | None = None
     status: int = 202  # what the route answers when nothing goes wrong; it may change it
+    _parsed: Any = field(default=_UNPARSED, repr=False)
 
     @property
     def client(self) -> str | None:
@@ -70,8 +73,11 @@ class Session:
         return self.scheme
 
     def json(self) -> Any:
-        assert self.body is not None
-        return parse_json(self.body)
+        """The body as JSON (parsed once), or a 400."""
+        if self._parsed is _UNPARSED:
+            assert self.body is not None
+            self._parsed = parse_json(self.body)
+        return self._parsed
 
     def model(self, model: type[M]) -> M:
         """The body as ``model``, or a 422 naming the field."""

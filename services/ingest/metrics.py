@@ -37,14 +37,26 @@ class IngestMetrics:
             registry=self.registry,
         )
 
+        # Each request's labelled series, found once (labels() locks and checks every time);
+        # sources and statuses are few.
+        self._accepted: dict[str, Counter] = {}
+        self._requests: dict[tuple[str, int], Histogram] = {}
+
     def count_rejected(self, source: str, reason: str) -> None:
         self.rejected.labels(source=source, reason=reason).inc()
 
     def count_accepted(self, source: str, alerts: int) -> None:
-        self.alerts_accepted.labels(source=source).inc(alerts)
+        series = self._accepted.get(source)
+        if series is None:
+            series = self._accepted[source] = self.alerts_accepted.labels(source=source)
+        series.inc(alerts)
 
     def observe_request(self, source: str, status: int, seconds: float) -> None:
-        self.request_seconds.labels(source=source, status=str(status)).observe(seconds)
+        series = self._requests.get((source, status))
+        if series is None:
+            series = self.request_seconds.labels(source=source, status=str(status))
+            self._requests[(source, status)] = series
+        series.observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text a ``/metrics`` endpoint answers, and its content type."""

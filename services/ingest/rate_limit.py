@@ -1,22 +1,24 @@
-"""Per-source rate limiting of webhook requests (the ``limits`` library, moving window).
+"""Per-source rate limiting of webhook requests (a moving window).
 
-The limit is ``CLARION_INGEST_RATE_LIMIT`` in the ``limits`` notation, e.g.
-``100/second`` or ``100/second;2000/minute``; each source has its own budget.
-Counts live in this process's memory: N ingest replicas allow N times the rate.
+The limit is ``CLARION_INGEST_RATE_LIMIT`` in the ``limits`` library's notation,
+e.g. ``100/second`` or ``100/second;2000/minute``; each source has its own
+budget. A request is refused while the window (the last second, minute, ...)
+already holds as many accepted requests as the limit allows, as the ``limits``
+library's moving window does; the times of those requests are kept in a deque
+per source and limit, so a request costs a few operations (the library's memory
+storage spends a task and a thread hop on each). Counts live in this process's
+memory: N ingest replicas allow N times the rate.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from shared.errors import RateLimited
-
-_NAMESPACE = "clarion-ingest"
 
 
 def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
@@ -36,18 +38,28 @@ def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
 class RateLimiter:
     """``await check(source)`` raises :class:`RateLimited` once a source is over its limit."""
 
-    def __init__(self, limit: str, storage: Storage | None = None) -> None:
+    def __init__(self, limit: str) -> None:
         self.items = parse_rate_limit(limit)
-        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+        self._windows: dict[tuple[str, int], deque[float]] = {}
 
     async def check(self, source: str) -> None:
-        """Count one request from ``source``, or raise :class:`RateLimited`."""
-        for item in self.items:
-            if not await self._limiter.hit(item, _NAMESPACE, source):
-                stats = await self._limiter.get_window_stats(item, _NAMESPACE, source)
-                retry_after = math.ceil(stats.reset_time - time.time())
+        """Count one request from ``source``, or raise :class:`RateLimited`.
+
+        Each limit counts the request once it passes, even when a later one refuses it.
+        """
+        now = time.time()
+        for number, item in enumerate(self.items):
+            window = self._windows.get((source, number))
+            if window is None:
+                window = self._windows[(source, number)] = deque()
+            span = item.get_expiry()
+            while window and window[0] < now - span:  # left the window
+                window.popleft()
+            if len(window) >= item.amount:
+                retry_after = math.ceil(window[0] + span - now)
                 raise RateLimited(
                     retry_after,
                     f"the {source} source is over its rate limit of {item}; "
                     f"retry after {max(1, retry_after)} s",
                 )
+            window.append(now)

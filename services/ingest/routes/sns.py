@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from services.ingest.openapi_docs import json_body
 from services.ingest.routes.webhooks import ANSWERS, AcceptedAnswer, answer
@@ -47,7 +48,7 @@ sns = APIRouter(prefix="/v1/alerts", tags=["webhooks"], dependencies=[Depends(BA
     responses=ANSWERS,
     openapi_extra=json_body(SnsNotification, "sns_notification.json") | CREDENTIAL_IN_BODY,
 )
-async def sns_webhook(request: Request, state: State) -> AcceptedAnswer | JSONResponse:
+async def sns_webhook(request: Request, state: State) -> Response:
     async with state.intake.session(request, SOURCE) as session:
         await session.read()
         if state.settings.sns_basic_auth is not None:

@@ -14,7 +14,9 @@ from typing import Generic, TypeVar
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 from starlette.requests import Request
+from starlette.responses import Response
 
 from services.ingest.openapi_docs import json_body
 from services.ingest.security import WEBHOOK_AUTH
@@ -51,7 +53,8 @@ class AcceptedAnswer(BaseModel):
     duplicate: bool = Field(description="True when the request changed nothing (a resend)")
 
 
-def answer(source: str, alerts: int, accepted: Accepted, state: State) -> AcceptedAnswer:
+def answer(source: str, alerts: int, accepted: Accepted, state: State) -> Response:
+    """The 202 of an accepted webhook: an :class:`AcceptedAnswer`, as JSON."""
     state.intake.metrics.count_accepted(source, alerts)
     log.info(
         "alerts.accepted",
@@ -61,12 +64,14 @@ def answer(source: str, alerts: int, accepted: Accepted, state: State) -> Accept
         events=accepted.events,
         duplicate=accepted.duplicate,
     )
-    return AcceptedAnswer(
-        incident_id=accepted.incident_ids[0] if accepted.incident_ids else None,
-        incident_ids=accepted.incident_ids,
-        events=accepted.events,
-        duplicate=accepted.duplicate,
-    )
+    body = {  # AcceptedAnswer's fields, in its order, built without validating them again
+        "status": "accepted",
+        "incident_id": accepted.incident_ids[0] if accepted.incident_ids else None,
+        "incident_ids": accepted.incident_ids,
+        "events": accepted.events,
+        "duplicate": accepted.duplicate,
+    }
+    return Response(to_json(body), 202, media_type="application/json")
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ GRAFANA = BatchSource(
 DATADOG = BatchSource(datadog.SOURCE, datadog.DatadogWebhook, datadog.parse, datadog.SEVERITIES)
 
 
-async def receive_batch(request: Request, state: State, source: BatchSource[P]) -> AcceptedAnswer:
+async def receive_batch(request: Request, state: State, source: BatchSource[P]) -> Response:
     """Receive, validate, parse and accept one webhook of ``source``."""
     async with state.intake.session(request, source.name) as session:
         await session.receive()
@@ -120,41 +125,45 @@ async def receive_batch(request: Request, state: State, source: BatchSource[P]) 
 @webhooks.post(
     "/alertmanager",
     status_code=202,
+    response_model=AcceptedAnswer,
     summary="Prometheus Alertmanager webhook (version 4)",
     responses=ANSWERS,
     openapi_extra=json_body(alertmanager.AlertmanagerWebhook, "alertmanager_firing.json"),
 )
-async def alertmanager_webhook(request: Request, state: State) -> AcceptedAnswer:
+async def alertmanager_webhook(request: Request, state: State) -> Response:
     return await receive_batch(request, state, ALERTMANAGER)
 
 
 @webhooks.post(
     "/grafana",
     status_code=202,
+    response_model=AcceptedAnswer,
     summary="Grafana unified alerting webhook (version 1)",
     description="Accepts a bearer token, basic auth, or Grafana's HMAC signature "
     "(`X-Grafana-Alerting-Signature`, with the optional timestamp header).",
     responses=ANSWERS,
     openapi_extra=json_body(grafana.GrafanaWebhook, "grafana_firing.json"),
 )
-async def grafana_webhook(request: Request, state: State) -> AcceptedAnswer:
+async def grafana_webhook(request: Request, state: State) -> Response:
     return await receive_batch(request, state, GRAFANA)
 
 
 @webhooks.post(
     "/datadog",
     status_code=202,
+    response_model=AcceptedAnswer,
     summary="Datadog webhook (default payload plus the alert variables)",
     responses=ANSWERS,
     openapi_extra=json_body(datadog.DatadogWebhook, "datadog_triggered.json"),
 )
-async def datadog_webhook(request: Request, state: State) -> AcceptedAnswer:
+async def datadog_webhook(request: Request, state: State) -> Response:
     return await receive_batch(request, state, DATADOG)
 
 
 @webhooks.post(
     "/generic",
     status_code=202,
+    response_model=AcceptedAnswer,
     summary="Generic JSON alerts (Clarion's format, version 1)",
     description="The format is documented in docs/sources/generic.md and its JSON Schema in "
     "docs/schemas/generic-alert-v1.schema.json. Accepts a bearer token, basic auth, or a "
@@ -162,7 +171,7 @@ async def datadog_webhook(request: Request, state: State) -> AcceptedAnswer:
     responses=ANSWERS,
     openapi_extra=json_body(generic.GenericWebhook, "generic_firing.json"),
 )
-async def generic_webhook(request: Request, state: State) -> AcceptedAnswer:
+async def generic_webhook(request: Request, state: State) -> Response:
     source = generic.SOURCE
     async with state.intake.session(request, source) as session:
         await session.receive()
