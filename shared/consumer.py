@@ -17,9 +17,19 @@ stream with its error, and is acknowledged: nothing poisons a stream. The dead
 letter is written first; a failing ``on_dead`` hook is logged and never keeps an
 entry pending.
 
-FastStream hands the subscriber the entry's body as raw bytes (:func:`raw_body`):
-decoding is ours, so an entry FastStream's JSON decoder would choke on (nested
-past the recursion limit, say) is dead-lettered like any other undecodable one.
+A consumer with ``batch`` set reads up to that many new entries at once and handles
+them concurrently (at most ``max_workers`` at a time, the next read waiting for a free
+slot, so one slow entry holds up only its own slot), acknowledging those that succeed
+together as they finish: one handler call per entry through FastStream costs more
+than many handled messages do. An entry that fails stays pending, as above. At
+shutdown (:meth:`GuardedConsumer.drain`) no new entry starts, those in flight get a
+grace period, and whatever did not finish stays pending for a reclaim.
+
+FastStream hands the subscriber the message itself as its body (:func:`as_message`),
+whose ``body`` is the entry's raw bytes: decoding is ours, so an entry FastStream's
+JSON decoder would choke on (nested past the recursion limit, say) is dead-lettered
+like any other undecodable one. (Taking the message through FastStream's ``Context``
+instead would resolve it in a worker thread, once per handler call.)
 
 Errors are logged and stored without the message's values: a pydantic
 :class:`ValidationError` becomes its locations and messages only
@@ -28,16 +38,19 @@ Errors are logged and stored without the message's values: a pydantic
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
+from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.redis import RedisBroker, StreamSub
-from faststream.redis.annotations import RedisStreamMessage
+from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.contracts import DeadLetter
 from shared.errors import InProgressElsewhere, PermanentFailure
@@ -72,13 +85,13 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def raw_body(msg: StreamMessage[Any]) -> bytes:
-    """FastStream's decoder for guarded subscribers: the body as it came.
+async def as_message(msg: StreamMessage[Any]) -> StreamMessage[Any]:
+    """FastStream's decoder for guarded subscribers: the message, its body as it came.
 
-    :meth:`GuardedConsumer.process` decodes it, so every failure to decode is ours
-    to dead-letter; FastStream's own JSON decoding lets ``RecursionError`` out.
+    :meth:`GuardedConsumer.process` decodes the body, so every failure to decode is
+    ours to dead-letter; FastStream's own JSON decoding lets ``RecursionError`` out.
     """
-    return msg.body
+    return msg
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,16 @@ class GuardedConsumer(Generic[T]):
     max_deliveries: int
     on_dead: Callable[[T, StreamEntry, str], Awaitable[None]] | None = None
     max_workers: int = 1  # new entries handled at once (reclaimed ones: one at a time)
+    batch: int = 0  # new entries read at once (0: one FastStream handler call per entry)
+    acknowledge: Callable[[Sequence[str]], Awaitable[object]] | None = None
+    """How a batch's handled entries are acked (XACK by default): a caller that pipelines
+    its own calls can send the XACK with them."""
+    _in_flight: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _handled: list[str] = field(default_factory=list, init=False, repr=False)
+    _acking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _closing: bool = field(default=False, init=False, repr=False)
+    _closed: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -219,8 +242,126 @@ class GuardedConsumer(Generic[T]):
                 error=describe_error(exc),
             )
 
+    async def process_batch(self, entries: Sequence[tuple[bytes, StreamEntry]]) -> None:
+        """Start handling each of ``entries`` as soon as a slot is free; returns once the
+        last has started, or once the consumer closes (those left stay pending)."""
+        for body, entry in entries:
+            if not await self._take_slot():
+                return
+            task = asyncio.create_task(self._process_and_ack(body, entry))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def close(self) -> None:
+        """Start no new entry from here on (a batch being started stops at once)."""
+        self._closing = True
+        self._closed_event().set()
+
+    async def drain(self, grace: float) -> None:
+        """Start nothing more; give the entries in flight ``grace`` seconds to finish,
+        then cancel the rest (they stay pending), and acknowledge what finished."""
+        self._closing = True
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:  # bounded: redis-py can lose a cancellation that lands inside a call
+                await asyncio.wait(late, timeout=grace)
+        if self._acking is not None:
+            await asyncio.gather(self._acking, return_exceptions=True)
+
+    async def _take_slot(self) -> bool:
+        """Wait for a free slot and take it; False (and no slot) once closing."""
+        slots = self._slots_for()
+        if self._closing:
+            return False
+        if not slots.locked():
+            await slots.acquire()  # free: returns at once
+            return True
+        taking = asyncio.ensure_future(slots.acquire())
+        closed = asyncio.ensure_future(self._closed_event().wait())
+        try:
+            await asyncio.wait({taking, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if self._closing and not taking.cancel():  # it got the slot meanwhile
+                slots.release()
+        return not self._closing
+
+    def _closed_event(self) -> asyncio.Event:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        return self._closed
+
+    def _slots_for(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(self.max_workers, 1))
+        return self._slots
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots_for().release()
+
+    async def _process_and_ack(self, body: bytes, entry: StreamEntry) -> None:
+        try:
+            await self.process(body, entry)
+        except Exception:  # logged by process; the entry stays pending
+            return
+        self._handled.append(entry.entry_id)
+        if self._acking is None:
+            self._acking = asyncio.create_task(self._ack_handled())
+
+    async def _ack_handled(self) -> None:
+        """XACK what finished, in one call for all that finished meanwhile."""
+        try:
+            while self._handled:
+                await asyncio.sleep(0)  # entries finishing in this same turn join the call
+                ids, self._handled = self._handled, []
+                if self.acknowledge is not None:
+                    await self.acknowledge(ids)
+                else:
+                    await self.redis.xack(self.stream, self.group, *ids)
+        except RedisError as exc:  # still pending: a reclaim finds them handled, and acks
+            log.warning("message.ack_failed", stream=self.stream, group=self.group, error=str(exc))
+        finally:
+            self._acking = None
+
     def subscribe(self, broker: RedisBroker, settings: Settings) -> None:
         """Register the reader and the reclaimer on ``broker``."""
+        if self.batch > 0:
+            self._subscribe_batches(broker, settings)
+        else:
+            self._subscribe_entries(broker, settings)
+        self._subscribe_reclaimer(broker, settings)
+
+    def _subscribe_batches(self, broker: RedisBroker, settings: Settings) -> None:
+        reader = StreamSub(
+            self.stream,
+            group=self.group,
+            consumer=settings.consumer_name,
+            max_records=self.batch,
+            polling_interval=settings.polling_interval_ms,
+            batch=True,
+        )
+        consumer = reader.consumer or ""
+
+        async def on_batch(msg: Any) -> None:  # a RedisBatchStreamMessage
+            raw = msg.raw_message
+            stream = as_text(raw.get("channel", self.stream))
+            entries = [
+                (_body(fields), StreamEntry(stream, self.group, as_text(entry_id), 1, consumer))
+                for entry_id, fields in zip(raw["message_ids"], raw["data"], strict=True)
+            ]
+            await self.process_batch(entries)
+
+        broker.subscriber(
+            stream=reader,
+            title=f"{self.stream}:{self.group}",
+            decoder=as_message,
+            ack_policy=AckPolicy.MANUAL,  # each entry is acked when it is handled
+        )(on_batch)
+
+    def _subscribe_entries(self, broker: RedisBroker, settings: Settings) -> None:
         reader = StreamSub(
             self.stream,
             group=self.group,
@@ -228,6 +369,20 @@ class GuardedConsumer(Generic[T]):
             max_records=settings.max_records,
             polling_interval=settings.polling_interval_ms,
         )
+
+        async def on_new(msg: Any) -> None:  # a RedisStreamMessage
+            entry = _entry(msg, self.group, 1, reader.consumer or "")
+            await self.process(msg.body, entry)
+
+        workers = self.max_workers if self.max_workers > 1 else None
+        broker.subscriber(
+            stream=reader,
+            title=f"{self.stream}:{self.group}",
+            max_workers=workers,
+            decoder=as_message,
+        )(on_new)
+
+    def _subscribe_reclaimer(self, broker: RedisBroker, settings: Settings) -> None:
         reclaimer = StreamSub(
             self.stream,
             group=self.group,
@@ -237,26 +392,21 @@ class GuardedConsumer(Generic[T]):
             min_idle_time=settings.reclaim_idle_ms,
         )
 
-        async def on_new(msg: RedisStreamMessage) -> None:
-            entry = _entry(msg, self.group, 1, reader.consumer or "")
-            await self.process(msg.body, entry)
-
-        async def on_reclaimed(msg: RedisStreamMessage) -> None:
+        async def on_reclaimed(msg: Any) -> None:  # a RedisStreamMessage
             count = await msg.get_delivery_count()
             entry = _entry(msg, self.group, count, reclaimer.consumer or "")
             await self.process(msg.body, entry)
 
-        workers = self.max_workers if self.max_workers > 1 else None
-        broker.subscriber(
-            stream=reader,
-            title=f"{self.stream}:{self.group}",
-            max_workers=workers,
-            decoder=raw_body,
-        )(on_new)
         # Reclaims are rare (a crash, a failing handler): one at a time is enough.
         broker.subscriber(
-            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", decoder=raw_body
+            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", decoder=as_message
         )(on_reclaimed)
+
+
+def _body(fields: Mapping[bytes, bytes]) -> bytes:
+    """An entry's message body: FastStream's envelope taken off, or the plain JSON."""
+    body, _headers = BinaryMessageFormatV1.parse(fields.get(DATA_FIELD.encode(), b""))
+    return body
 
 
 def _entry(msg: Any, group: str, delivery_count: int, consumer: str) -> StreamEntry:

@@ -11,7 +11,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.maint_notifications import MaintNotificationsConfig
 
 from shared.streams import CONSUMER_GROUPS
 
@@ -26,6 +25,8 @@ comes (a server frozen or restarted under a half-open connection) holds its call
 the connection, for ever. Longer than any command Clarion sends: the brokers' blocking
 reads wait ``CLARION_POLLING_INTERVAL_MS`` at most."""
 CONNECT_TIMEOUT_SECONDS: Final = 2.0
+CANCELLED_TASKS_WAIT_SECONDS: Final = 5.0
+"""How long a stopping broker waits for its cancelled reading tasks to end."""
 
 
 def _retry() -> Retry:
@@ -47,16 +48,12 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) -> Redi
     Its pool blocks: a burst of concurrent requests (each ingest request holds a
     connection for its transaction) waits for a free connection rather than failing
     with "too many connections" as redis-py's default pool does past its limit. Every
-    socket operation is bounded (``socket_timeout``), then retried on a new connection.
-    Maintenance notifications (a Redis Enterprise/Cloud handshake that plain Redis and
-    Valkey refuse) are off: one command less per connection, and nothing to go wrong on
-    a reconnect.
+    socket operation is bounded (``socket_timeout``): a timeout fails the call.
     """
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
         timeout=POOL_WAIT_SECONDS,
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
         socket_timeout=socket_timeout,
         **_connection_options(),
     )
@@ -111,5 +108,6 @@ async def stop_broker(broker: RedisBroker) -> None:
     await asyncio.gather(*(sub.stop() for sub in subscribers), return_exceptions=True)
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:  # bounded: redis-py can lose a cancellation that lands inside a call
+        await asyncio.wait(tasks, timeout=CANCELLED_TASKS_WAIT_SECONDS)
     await broker.stop()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from faststream.redis import RedisBroker
@@ -38,6 +39,7 @@ from services.dispatcher.status_page_store import StatusPageStore
 from services.dispatcher.status_routes import status_pages
 from services.dispatcher.subscription_routes import subscription_routes
 from shared.clock import Clock, SystemClock
+from shared.consumer import GuardedConsumer
 from shared.contracts import ApprovalGranted, ApprovalRequested
 from shared.http_errors import install_error_handlers
 from shared.logs import get_logger
@@ -82,6 +84,18 @@ def retention_policies(settings: Settings) -> dict[str, timedelta]:
     policies = dict.fromkeys(streams, settings.stream_retention)
     policies[DELIVERY_LOG] = settings.delivery_log_retention
     return policies
+
+
+async def _stop_consuming(broker: RedisBroker, batched: Sequence[GuardedConsumer[Any]]) -> None:
+    """Stop reading, then let the work in flight (sends, fan-outs) finish within the
+    grace period."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GRACEFUL_STOP_SECONDS
+    for consumer in batched:
+        consumer.close()  # entries read but not started stay pending, for a reclaim
+    await stop_broker(broker)
+    left = max(deadline - loop.time(), 0.5)
+    await asyncio.gather(*(consumer.drain(left) for consumer in batched))
 
 
 def create_app(
@@ -151,7 +165,7 @@ def create_app(
                 approvals=approvals,
                 delivery_log=delivery_log,
             )
-            subscribe(broker, redis, settings, dispatcher, worker)
+            batched = subscribe(broker, redis, settings, dispatcher, worker)
             app.state.dispatcher = DispatcherState(
                 settings=settings,
                 clock=the_clock,
@@ -197,7 +211,7 @@ def create_app(
             finally:
                 stopping.set()
                 await watchdog
-                await stop_broker(broker)
+                await _stop_consuming(broker, batched)
                 log.info("dispatcher.stopped", consumer=settings.consumer_name)
 
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)

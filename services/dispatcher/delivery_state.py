@@ -28,6 +28,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from services.dispatcher.delivery_log import APPEND_RECORD_LUA, Entry
+from shared.redis_batches import CoalescedCalls
 from shared.redis_values import DATA_FIELD, as_text
 from shared.streams import (
     DEAD_LETTERS,
@@ -174,20 +175,29 @@ class DeliveryStates:
         self._finish = redis.register_script(_FINISH)
         self._replay = redis.register_script(_REPLAY)
         self._renew = redis.register_script(_RENEW)
+        # Claims and finishes of concurrent deliveries; two turns: a batch of jobs just
+        # started makes its calls in the next turn, and joins the same pipeline.
+        self._calls = CoalescedCalls(redis, turns=2)
 
     @property
     def lease_ms(self) -> int:
         return self._lease_ms
 
+    @property
+    def calls(self) -> CoalescedCalls:
+        """Where claims and finishes go: other calls queued here share their round trips."""
+        return self._calls
+
     async def renew(self, delivery_id: str, owner: str) -> bool:
         """Extend ``owner``'s lease (a send still in progress); False once it is not theirs."""
-        renewed = await self._renew(
-            keys=[delivery_state_key(delivery_id)], args=[owner, self._lease_ms]
+        renewed = await self._calls.script(
+            self._renew, keys=[delivery_state_key(delivery_id)], args=[owner, self._lease_ms]
         )
         return bool(renewed)
 
     async def claim(self, delivery_id: str, owner: str, expects: str) -> ClaimResult:
-        kind, interrupted, state, tries = await self._claim(
+        kind, interrupted, state, tries = await self._calls.script(
+            self._claim,
             keys=[delivery_state_key(delivery_id)],
             args=[owner, expects, self._lease_ms, self._retention],
         )
@@ -227,7 +237,7 @@ class DeliveryStates:
         if record is not None:
             keys += record.keys
             args += record.args
-        done = await self._finish(keys=keys, args=args)
+        done = await self._calls.script(self._finish, keys=keys, args=args)
         return bool(done)
 
     async def replay(

@@ -6,6 +6,10 @@ the next attempt (or dead-letter it). The record is appended in the same atomic 
 as the delivery's new state (:meth:`DeliveryStates.finish`), so a delivery never ends
 ``done`` without its final record. Nothing here waits: a rate-limited or failed
 delivery is put back on the scheduler's timeline and the worker moves on.
+
+Per job, the work is what it costs: the claim, the unsubscribe check and the finish
+of deliveries handled at once share pipelined round trips (:mod:`shared.redis_batches`),
+and the rendering a fan-out's jobs all send is loaded once (:mod:`.record_cache`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -46,9 +50,14 @@ from services.dispatcher.fanout import (
     idempotency_key,
 )
 from services.dispatcher.rate_limits import RateLimits
+from services.dispatcher.record_cache import CachedRecords
 from services.dispatcher.rendering.messages import RenderedMessage
 from services.dispatcher.retry_policy import RetryPolicy
-from services.dispatcher.subscriptions import SubscriptionStore
+from services.dispatcher.subscriptions import (
+    UNSUBSCRIBED_KEY,
+    address_digest,
+    canonical_address,
+)
 from shared.clock import Clock
 from shared.contracts import (
     DeadLetter,
@@ -66,6 +75,7 @@ from shared.incidents import load_incident
 from shared.logs import bound, get_logger
 from shared.plan import ChannelName
 from shared.redaction import redact_text
+from shared.redis_batches import CoalescedCalls
 from shared.streams import DISPATCHER_GROUP, delivery_stream
 
 EXPIRED: Final = "the rendered message has expired (older than CLARION_IDEMPOTENCY_RETENTION)"
@@ -124,16 +134,20 @@ class DeliveryWorker:
     ) -> None:
         self._redis = redis
         self._clock = clock
-        self._subscriptions = SubscriptionStore(redis, clock)
         self._channels = channels
         self._owner = owner
         self._states = states
-        self._records = records
+        self._records = CachedRecords(records)
         self._limits = limits
         self._policy = policy
         self._log = delivery_log
         self._outbox = OutboxWriter(redis, clock)
         self._uniform = uniform
+
+    @property
+    def calls(self) -> CoalescedCalls:
+        """Where the worker's Redis calls go (one pipeline per turn of the event loop)."""
+        return self._states.calls
 
     async def deliver(self, job: DeliveryJob) -> None:
         """Make this job's attempt, unless another job owns the delivery. Raises
@@ -142,13 +156,14 @@ class DeliveryWorker:
         with bound(incident_id=job.incident_id, channel=job.channel, delivery_id=job.delivery_id):
             # One owner token per claim: a reclaim in this same process is another owner.
             owner = f"{self._owner}/{uuid.uuid4().hex[:12]}"
+            unsubscribed = self._look_up_unsubscribed(job)  # in the claim's round trip
             claim = await self._states.claim(job.delivery_id, owner, job.expects)
             if claim.kind is ClaimKind.BUSY:
                 raise InProgressElsewhere(f"delivery {job.delivery_id} is being sent elsewhere")
             if claim.kind is not ClaimKind.CLAIMED:
                 log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
                 return
-            await self._attempt(job, claim, owner)
+            await self._attempt(job, claim, owner, unsubscribed)
 
     async def give_up(self, job: DeliveryJob, error: str) -> None:
         """The job itself kept failing (not the provider): record it DEAD. Its entry is in
@@ -164,10 +179,16 @@ class DeliveryWorker:
             )
             await self._log.append(dead)  # no claim, so no state change goes with it
 
-    async def _attempt(self, job: DeliveryJob, claim: ClaimResult, owner: str) -> None:
+    async def _attempt(
+        self,
+        job: DeliveryJob,
+        claim: ClaimResult,
+        owner: str,
+        unsubscribed: asyncio.Future[Any] | None,
+    ) -> None:
         started = self._clock.now()
         turn = _Turn(owner, max(claim.tries, job.attempt))  # counts tries a crash interrupted
-        reason = job.suppressed_reason or await self._suppression(job)
+        reason = job.suppressed_reason or await self._suppression(job, unsubscribed)
         if reason is not None:
             await self._final(job, DeliveryStatus.SUPPRESSED, started, turn, error=reason)
             return
@@ -221,12 +242,20 @@ class DeliveryWorker:
     @asynccontextmanager
     async def _lease_kept(self, job: DeliveryJob, turn: _Turn) -> AsyncIterator[None]:
         """Renew the claim's lease while a send runs, so a slow provider is never mistaken
-        for a dead worker (and sent to again)."""
+        for a dead worker (and sent to again).
+
+        The renewer is told to stop, not cancelled: a cancellation that lands inside a
+        Redis call can be lost in the client (redis-py 8 does lose them), and a renewer
+        that kept going would hold the lease, and this delivery, for ever."""
+        stopped = asyncio.Event()
 
         async def renew() -> None:
             every = max(self._states.lease_ms / 3000, 0.05)
             while True:
-                await asyncio.sleep(every)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), timeout=every)
+                if stopped.is_set():
+                    return
                 try:
                     if not await self._states.renew(job.delivery_id, turn.owner):
                         return
@@ -237,9 +266,8 @@ class DeliveryWorker:
         try:
             yield
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            stopped.set()
+            await renewing  # at most one renewal in flight, bounded by the socket timeout
 
     async def _send(
         self, channel: Channel | None, message: RenderedMessage, delivery: Delivery
@@ -256,12 +284,14 @@ class DeliveryWorker:
             return kept, f"{outcome.reason}: kept in the local outbox (clarion outbox)"
         return outcome, None
 
-    async def _suppression(self, job: DeliveryJob) -> str | None:
+    async def _suppression(
+        self, job: DeliveryJob, unsubscribed: asyncio.Future[Any] | None
+    ) -> str | None:
         """Why a message that was right when planned is no longer worth sending, if it is
         not: its recipient unsubscribed since, a scheduled update once resolved, an
         acknowledgement escalation once someone acknowledged, a post-mortem reminder once
         the post-mortem is out."""
-        if job.public and job.channel == ChannelName.EMAIL and await self._unsubscribed(job):
+        if unsubscribed is not None and await unsubscribed:
             return SUPPRESSED_UNSUBSCRIBED
         if job.event_type not in _CHECKED_AT_SEND:
             return None
@@ -270,9 +300,15 @@ class DeliveryWorker:
             return None
         return stale_reason(job.event_type, incident)
 
-    async def _unsubscribed(self, job: DeliveryJob) -> bool:
-        """Whether the recipient clicked unsubscribe after this delivery was planned."""
-        return bool(await self._subscriptions.unsubscribed_among([job.recipient]))
+    def _look_up_unsubscribed(self, job: DeliveryJob) -> asyncio.Future[Any] | None:
+        """For public email: whether the recipient clicked unsubscribe after this delivery
+        was planned (truthy when they did), asked now, answered with the claim."""
+        if job.suppressed_reason or not (job.public and job.channel == ChannelName.EMAIL):
+            return None
+        digest = address_digest(canonical_address(job.recipient))
+        found = self._states.calls.command("SISMEMBER", UNSUBSCRIBED_KEY, digest)
+        found.add_done_callback(_retrieved)  # unclaimed deliveries never look at it
+        return found
 
     async def _defer(
         self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta
@@ -447,6 +483,11 @@ class DeliveryWorker:
                 next_attempt_at=next_attempt_at,
             )
         )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _delivery(job: DeliveryJob, incident: Incident) -> Delivery:

@@ -13,6 +13,7 @@ from typing import Final
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from services.dispatcher.rendering.messages import RenderedMessage
@@ -50,14 +51,25 @@ class DispatchRecords:
         incident: Incident,
         renderings: Mapping[tuple[str, str], Rendering],
     ) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self.stage(pipe, event_id, incident, renderings)
+            await pipe.execute()
+
+    def stage(
+        self,
+        pipe: Pipeline,
+        event_id: str,
+        incident: Incident,
+        renderings: Mapping[tuple[str, str], Rendering],
+    ) -> None:
+        """Add what :meth:`save` writes to ``pipe`` (a transaction: the record never
+        lacks its expiry), to go with other writes."""
         fields: dict[FieldT, EncodableT] = {_INCIDENT: incident.model_dump_json()}
         for (audience, channel), rendering in renderings.items():
             fields[rendering_field(audience, channel)] = _encode(rendering)
         key = dispatch_record_key(event_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self._retention)
-            await pipe.execute()
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self._retention)
 
     async def load(
         self, event_id: str, audience: str, channel: str

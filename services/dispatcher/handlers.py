@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
@@ -53,6 +56,7 @@ def build_consumers(
         handle=on_event,
         max_deliveries=settings.max_deliveries,
         on_dead=on_event_dead,
+        batch=settings.max_records,  # read in batches, handled one after another, in order
     )
     dues = GuardedConsumer[UpdateDue](
         redis=redis,
@@ -82,13 +86,20 @@ def build_consumers(
 def delivery_consumers(
     redis: Redis, settings: Settings, worker: DeliveryWorker
 ) -> list[GuardedConsumer[DeliveryJob]]:
-    """One consumer per channel's job stream, each with its own concurrency."""
+    """One consumer per channel's job stream, each with its own concurrency, reading
+    jobs in batches (one handler call per job would cost more than most sends)."""
 
     async def on_job(job: DeliveryJob, entry: StreamEntry) -> None:
         await worker.deliver(job)
 
     async def on_job_dead(job: DeliveryJob, entry: StreamEntry, error: str) -> None:
         await worker.give_up(job, error)
+
+    def acknowledge(stream: str) -> Callable[[Sequence[str]], Awaitable[object]]:
+        async def ack(entry_ids: Sequence[str]) -> object:  # with the claims and finishes
+            return await worker.calls.command("XACK", stream, DISPATCHER_GROUP, *entry_ids)
+
+        return ack
 
     return [
         GuardedConsumer[DeliveryJob](
@@ -100,6 +111,8 @@ def delivery_consumers(
             max_deliveries=settings.max_deliveries,
             on_dead=on_job_dead,
             max_workers=settings.channel_concurrency,
+            batch=max(settings.max_records, settings.channel_concurrency),
+            acknowledge=acknowledge(delivery_stream(channel)),
         )
         for channel in DELIVERY_CHANNELS
     ]
@@ -111,9 +124,13 @@ def subscribe(
     settings: Settings,
     dispatcher: Dispatcher,
     worker: DeliveryWorker,
-) -> None:
-    """Register the dispatcher's readers and reclaimers on ``broker``."""
-    for consumer in build_consumers(redis, settings, dispatcher):
+) -> list[GuardedConsumer[Any]]:
+    """Register the dispatcher's readers and reclaimers on ``broker``; returns those that
+    read in batches, whose work in flight a stopping dispatcher drains
+    (:meth:`GuardedConsumer.drain`)."""
+    events, dues, approvals = build_consumers(redis, settings, dispatcher)
+    jobs = delivery_consumers(redis, settings, worker)
+    consumers: list[GuardedConsumer[Any]] = [events, dues, approvals, *jobs]
+    for consumer in consumers:
         consumer.subscribe(broker, settings)
-    for jobs in delivery_consumers(redis, settings, worker):
-        jobs.subscribe(broker, settings)
+    return [events, *jobs]

@@ -7,7 +7,9 @@ channel at its own pace, so a slow provider never holds up another.
 
 Fan-out is idempotent: a redelivered event queues the same jobs again, and the
 delivery state lets only one of them act. Jobs are written in pipelined batches,
-so ten thousand recipients never wait on ten thousand round trips.
+so ten thousand recipients never wait on ten thousand round trips; a fan-out of one
+batch or less (most events) stores its renderings, queues its jobs and marks itself
+done in one transaction.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from shared.redis_values import DATA_FIELD
 from shared.settings import Settings
 from shared.streams import delivery_stream, fanned_out_key
 
-BATCH: Final = 500
+BATCH: Final = 500  # jobs queued per round trip; a fan-out this small is one transaction
 
 log = get_logger("clarion.dispatcher")
 
@@ -163,11 +165,13 @@ class Dispatcher:
                 await self._hold(event, incident, held, attempt)
             held_ids = {d.delivery_id for d in held}
             sending = [d for d in deliveries if d.delivery_id not in held_ids]
-        await self._records.save(
-            event.event_id, incident, self._render_all(event, incident, sending)
-        )
-        queued = await self._queue(event, sending)
-        await self._redis.set(marker, 1, ex=self._retention)
+        renderings = self._render_all(event, incident, sending)
+        if len(sending) <= BATCH:  # the usual event: all of it in one atomic step
+            queued = await self._save_and_queue(event, incident, renderings, sending, marker)
+        else:
+            await self._records.save(event.event_id, incident, renderings)
+            queued = await self._queue(event, sending)
+            await self._redis.set(marker, 1, ex=self._retention)
         log.info("fanout.queued", event_id=event.event_id, deliveries=queued, approved=approved)
 
     async def _subscribers(self, event: DispatchEvent, incident: Incident) -> EmailSubscribers:
@@ -183,6 +187,25 @@ class Dispatcher:
             addresses = await self._subscriptions.recipients_for(touched, known)
         unsubscribed = await self._subscriptions.unsubscribed_among(reach.public_addresses)
         return EmailSubscribers(addresses=tuple(addresses), unsubscribed=unsubscribed)
+
+    async def _save_and_queue(
+        self,
+        event: DispatchEvent,
+        incident: Incident,
+        renderings: dict[tuple[str, str], Rendering],
+        deliveries: list[Delivery],
+        marker: str,
+    ) -> int:
+        """Store the renderings, queue the jobs and set the fanned-out marker in one
+        transaction (one round trip): a fan-out small enough happens whole or not at all."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self._records.stage(pipe, event.event_id, incident, renderings)
+            for delivery in deliveries:
+                job = _job(event.type, delivery, self._settings.delivery_max_attempts)
+                pipe.xadd(delivery_stream(delivery.channel), {DATA_FIELD: job.model_dump_json()})
+            pipe.set(marker, 1, ex=self._retention)
+            await pipe.execute()
+        return len(deliveries)
 
     async def _queue(self, event: DispatchEvent, deliveries: Iterable[Delivery]) -> int:
         queued = 0

@@ -15,6 +15,7 @@ between steps, with nothing to wait for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -299,6 +300,40 @@ async def test_a_job_sent_by_another_worker_right_now_is_not_sent_again(
         ("slack", DeliveryStatus.SENT, 1)
     ]
     assert not records[0].possible_duplicate
+
+
+async def test_a_renewal_that_loses_its_cancellation_never_holds_the_delivery(
+    pipeline_for: Callable[..., Pipeline],
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py 8 now and then lost a cancellation that landed inside a command: a lease
+    # renewer cancelled that way kept renewing, and the worker waiting for it to end
+    # never finished its delivery (seen as "being sent elsewhere" for ever). Here every
+    # renewal loses its cancellation; the send must still finish and be recorded.
+    pipeline = pipeline_for("worker-a", idempotency_lease_ms=300)
+    real_renew = pipeline.states.renew
+    renewing = asyncio.Event()
+
+    async def renew_losing_cancellations(delivery_id: str, owner: str) -> bool:
+        renewing.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as the client lost it
+            await asyncio.sleep(2)
+        return await real_renew(delivery_id, owner)
+
+    monkeypatch.setattr(pipeline.states, "renew", renew_losing_cancellations)
+    release = threading.Event()
+    provider.answer_next("POST", SLACK_HOOK, 200, body="ok", hold=release)
+    await pipeline.handle(OPENED, drain=False)
+    [job] = [j for j in await pipeline.queued() if j.channel == "slack"]
+
+    sending = asyncio.create_task(pipeline.worker.deliver(job))
+    await asyncio.wait_for(renewing.wait(), timeout=30)  # a renewal is in flight now
+    release.set()
+    await asyncio.wait_for(sending, timeout=30)
+
+    records = await pipeline.log()
+    assert [(r.channel, r.status) for r in records] == [("slack", DeliveryStatus.SENT)]
 
 
 async def test_a_worker_whose_lease_ran_out_mid_send_leaves_the_record_to_the_new_owner(

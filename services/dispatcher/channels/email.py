@@ -19,6 +19,7 @@ import aiosmtplib
 
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.context import DriverContext
+from services.dispatcher.channels.email_flat import FlatEmails
 from services.dispatcher.channels.email_mailgun import MailgunChannel
 from services.dispatcher.channels.email_message import (
     OutgoingEmail,
@@ -104,6 +105,7 @@ class EmailChannel:
         self._tls_context = tls_context
         keep = ctx.settings.channel_concurrency if keep_sessions is None else keep_sessions
         self._sessions = SmtpSessions(self._connect, keep=keep)
+        self._flat = FlatEmails()
 
     async def aclose(self) -> None:
         await self._sessions.aclose()
@@ -130,8 +132,13 @@ class EmailChannel:
         prepared = await prepare(self._ctx, self._links, message, recipient, delivery)
         if not isinstance(prepared, OutgoingEmail):
             return prepared
+        flat = self._flat
         try:
-            await self._sessions.send(prepared.mime(), [prepared.recipient])
+            await self._sessions.send(
+                flat.envelope_sender(prepared),
+                [prepared.recipient],
+                lambda utf8, cte_type: flat.flatten(prepared, utf8=utf8, cte_type=cte_type),
+            )
         except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
             # ValueError: aiosmtplib refusing its settings (a newline in the host name, ...)
             return classify_smtp_error(exc, secrets=[password or ""])

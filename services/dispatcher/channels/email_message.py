@@ -29,6 +29,7 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 from typing import Final
 
 from redis.exceptions import RedisError
@@ -48,8 +49,12 @@ FALLBACK_DOMAIN: Final = "clarion.invalid"
 ONE_CLICK: Final = "List-Unsubscribe=One-Click"
 AUTO_RESPONSE_SUPPRESS: Final = "OOF, AutoReply"
 _ID_SAFE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# A plain address (dot-atom @ host name with a dot): valid without parsing it.
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
+@lru_cache(maxsize=64)
 def sender_domain(email_from: str) -> str:
     """The domain of the From address: where our Message-IDs and thread ids live."""
     _, at, domain = parseaddr(email_from)[1].rpartition("@")
@@ -85,6 +90,8 @@ class InvalidRecipient(ValueError):
 def check_recipient(recipient: str) -> str:
     """``recipient`` as a bare address; raises :class:`InvalidRecipient` when it is not one."""
     candidate = recipient.strip()
+    if _PLAIN_ADDRESS.fullmatch(candidate):
+        return candidate
     if not candidate or any(c in candidate for c in '\r\n<>,;"') or " " in candidate:
         raise InvalidRecipient("recipient is not a valid email address")
     try:

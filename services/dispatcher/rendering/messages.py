@@ -80,6 +80,7 @@ class Renderer:
     def __init__(self, context: RenderContext, engine: TemplateEngine | None = None) -> None:
         self.context = context
         self.engine = engine or engine_for(context.plan.templates_dir)
+        self._found: dict[tuple[str, ...], str] = {}  # template lookups, made once each
 
     def render(
         self,
@@ -91,15 +92,15 @@ class Renderer:
         """The message for ``audience`` on ``channel``; raises RenderFailed or MessageTooLong."""
         public = self.context.plan.audiences[audience].public
         values = template_values(event, incident, self.context, audience, public)
-        lookup = _Lookup(self.engine, audience, channel, kind_of(event).value)
-        title = _one_line(self.engine.render(lookup.find("title", ".txt.j2"), values))
-        if channel is ChannelName.EMAIL:
+        lookup = _Lookup(self.engine, audience, channel, kind_of(event).value, self._found)
+        if channel is ChannelName.EMAIL:  # the subject is its title
             return RenderedMessage(
                 channel=channel,
                 title=_one_line(self.engine.render(lookup.find("subject", ".txt.j2"), values)),
                 text=self.engine.render(lookup.find("message", ".txt.j2"), values).strip() + "\n",
                 html=self.engine.render(lookup.find("message", ".html.j2"), values),
             )
+        title = _one_line(self.engine.render(lookup.find("title", ".txt.j2"), values))
         if channel in SHORT_CHANNELS:
             return self._short(lookup, channel, title, values)
         if channel is ChannelName.STATUS_PAGE:
@@ -167,8 +168,17 @@ class _Lookup:
     audience: str
     channel: ChannelName
     event: str
+    found: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """Answers already looked up (each lookup reads template files from disk)."""
 
     def find(self, stem: str, extension: str) -> str:
+        key = (self.audience, self.channel.value, self.event, stem, extension)
+        name = self.found.get(key)
+        if name is None:
+            name = self.found[key] = self._search(stem, extension)
+        return name
+
+    def _search(self, stem: str, extension: str) -> str:
         channel = self.channel.value
         family = "short" if self.channel in SHORT_CHANNELS else channel
         names = [
