@@ -87,3 +87,4 @@ async def test_a_server_that_never_answers_fails_the_call_instead_of_hanging() -
 
     # Failed at the first timeout: redis-py's nested retries would have made it 49 of them.
     assert silent.connections == 1
+    assert b"MAINT_NOTIFICATIONS" not in bytes(silent.received).upper()
