@@ -176,26 +176,12 @@ class GuardedConsumer(Generic[T]):
             return
         except InProgressElsewhere as exc:
             await self._uncount(entry)
-            log.info(
-                "message.in_progress_elsewhere",
-                stream=self.stream,
-                group=self.group,
-                entry_id=entry.entry_id,
-                delivery_count=entry.delivery_count,
-                reason=str(exc),
-            )
+            log.info("message.in_progress_elsewhere", **_fields(entry), reason=str(exc))
             raise
         except Exception as exc:
             error = describe_error(exc)
             await self.redis.hset(errors_key, entry.entry_id, error)
-            log.warning(
-                "message.handler_failed",
-                stream=self.stream,
-                group=self.group,
-                entry_id=entry.entry_id,
-                delivery_count=entry.delivery_count,
-                error=error,
-            )
+            log.warning("message.handler_failed", **_fields(entry), error=error)
             raise
         if entry.delivery_count > 1:
             await self.redis.hdel(errors_key, entry.entry_id)
@@ -407,6 +393,16 @@ def _body(fields: Mapping[bytes, bytes]) -> bytes:
     """An entry's message body: FastStream's envelope taken off, or the plain JSON."""
     body, _headers = BinaryMessageFormatV1.parse(fields.get(DATA_FIELD.encode(), b""))
     return body
+
+
+def _fields(entry: StreamEntry) -> dict[str, Any]:
+    """What every log line about ``entry`` says of it."""
+    return {
+        "stream": entry.stream,
+        "group": entry.group,
+        "entry_id": entry.entry_id,
+        "delivery_count": entry.delivery_count,
+    }
 
 
 def _entry(msg: Any, group: str, delivery_count: int, consumer: str) -> StreamEntry:

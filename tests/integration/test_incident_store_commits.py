@@ -9,55 +9,38 @@ it stores and answers is what it would be had it read Redis first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
-from faststream.redis import RedisBroker
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
 from services.ingest.incident_actions import resolve
-from services.ingest.incident_store import IncidentStore
-from services.ingest.sources.alertmanager import AlertmanagerWebhook, group_key_of, parse
 from shared.clock import ManualClock
-from shared.contracts import Alert, IncidentStatus
+from shared.contracts import IncidentStatus
 from shared.incidents import load_incident
 from shared.redis_values import DATA_FIELD
 from shared.streams import INCIDENT_EVENTS, incident_key, open_incident_key
-from tests.conftest import load_fixture
-from tests.support.plans import make_plan
+from tests.support.incident_stores import (
+    FIRING,
+    RESOLVED,
+    StoreFactory,
+    batch,
+    store_factory,
+)
 from tests.support.streams import StreamEntries, incident_events
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
-FIRING = "alertmanager_webhook_v4_firing.json"
-RESOLVED = "alertmanager_webhook_v4_resolved.json"
-
-StoreFactory = Callable[[ManualClock], Awaitable[IncidentStore]]
-
-
-def batch(name: str) -> tuple[str, list[Alert]]:
-    payload = AlertmanagerWebhook.model_validate(load_fixture(name))
-    return group_key_of(payload), parse(payload)
 
 
 @pytest.fixture
 async def make_store(redis: Redis, redis_url: str) -> AsyncIterator[StoreFactory]:
     """Stores with their own client and broker each, like separate ingest instances."""
-    async with AsyncExitStack() as stack:
-
-        async def factory(clock: ManualClock) -> IncidentStore:
-            client = Redis.from_url(redis_url)
-            stack.push_async_callback(client.aclose)
-            broker = RedisBroker(redis_url)
-            await broker.connect()
-            stack.push_async_callback(broker.stop)
-            return IncidentStore(client, broker, clock, make_plan())
-
+    async with store_factory(redis_url) as factory:
         yield factory
 
 
