@@ -10,7 +10,8 @@ A handler that raises leaves its entry pending, so the reclaimer retries it.
 A handler that raises :class:`InProgressElsewhere` (a live worker is still on the
 work, e.g. a slow send whose lease it renews) leaves it pending too, but that
 delivery of the entry is taken back (its retry count set to what it was, its idle
-time restarted): however long the work lasts, it is never dead-lettered for it.
+time restarted): however long the work lasts, it is never dead-lettered for it,
+and nothing is logged as an error: it is no failure.
 An entry that cannot be decoded, that raises :class:`PermanentFailure`, or that
 has been delivered more than ``max_deliveries`` times goes to the dead-letter
 stream with its error, and is acknowledged: nothing poisons a stream. The dead
@@ -357,8 +358,7 @@ class GuardedConsumer(Generic[T]):
         )
 
         async def on_new(msg: Any) -> None:  # a RedisStreamMessage
-            entry = _entry(msg, self.group, 1, reader.consumer or "")
-            await self.process(msg.body, entry)
+            await self._handle_and_ack(msg, _entry(msg, self.group, 1, reader.consumer or ""))
 
         workers = self.max_workers if self.max_workers > 1 else None
         broker.subscriber(
@@ -366,6 +366,7 @@ class GuardedConsumer(Generic[T]):
             title=f"{self.stream}:{self.group}",
             max_workers=workers,
             decoder=as_message,
+            ack_policy=AckPolicy.MANUAL,  # acked by _handle_and_ack
         )(on_new)
 
     def _subscribe_reclaimer(self, broker: RedisBroker, settings: Settings) -> None:
@@ -381,12 +382,25 @@ class GuardedConsumer(Generic[T]):
         async def on_reclaimed(msg: Any) -> None:  # a RedisStreamMessage
             count = await msg.get_delivery_count()
             entry = _entry(msg, self.group, count, reclaimer.consumer or "")
-            await self.process(msg.body, entry)
+            await self._handle_and_ack(msg, entry)
 
         # Reclaims are rare (a crash, a failing handler): one at a time is enough.
         broker.subscriber(
-            stream=reclaimer, title=f"{self.stream}:{self.group}:reclaim", decoder=as_message
+            stream=reclaimer,
+            title=f"{self.stream}:{self.group}:reclaim",
+            decoder=as_message,
+            ack_policy=AckPolicy.MANUAL,  # acked by _handle_and_ack
         )(on_reclaimed)
+
+    async def _handle_and_ack(self, msg: Any, entry: StreamEntry) -> None:
+        """Process one entry from FastStream and ack it once handled. Work in progress
+        elsewhere leaves it pending quietly (:meth:`process` logged it; it is no error);
+        any other failure is raised, so FastStream logs it too, and stays pending."""
+        try:
+            await self.process(msg.body, entry)
+        except InProgressElsewhere:
+            return
+        await msg.ack()
 
 
 def _body(fields: Mapping[bytes, bytes]) -> bytes:
