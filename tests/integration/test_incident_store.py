@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,20 +15,12 @@ from tests.support.incident_stores import (
     RESOLVED,
     StoreFactory,
     batch,
-    store_factory,
 )
 from tests.support.streams import incident_events
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
-
-
-@pytest.fixture
-async def make_store(redis: Redis, redis_url: str) -> AsyncIterator[StoreFactory]:
-    """Build stores, each with its own Redis client and broker, like separate instances."""
-    async with store_factory(redis_url) as factory:
-        yield factory
 
 
 async def test_open_repeat_resolve_lifecycle(redis: Redis, make_store: StoreFactory) -> None:

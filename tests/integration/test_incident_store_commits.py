@@ -9,7 +9,6 @@ it stores and answers is what it would be had it read Redis first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -28,20 +27,12 @@ from tests.support.incident_stores import (
     RESOLVED,
     StoreFactory,
     batch,
-    store_factory,
 )
 from tests.support.streams import StreamEntries, incident_events
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 23, 14, 31, tzinfo=UTC)
-
-
-@pytest.fixture
-async def make_store(redis: Redis, redis_url: str) -> AsyncIterator[StoreFactory]:
-    """Stores with their own client and broker each, like separate ingest instances."""
-    async with store_factory(redis_url) as factory:
-        yield factory
 
 
 async def test_a_store_that_missed_a_resolution_opens_a_new_incident(
