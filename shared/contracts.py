@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -32,7 +32,7 @@ class Severity(StrEnum):
     @property
     def rank(self) -> int:
         """0 for the most severe."""
-        return list(Severity).index(self)
+        return _SEVERITY_RANKS[self]
 
     @property
     def sev(self) -> str:
@@ -53,6 +53,10 @@ class Severity(StrEnum):
 def most_severe(severities: list[Severity]) -> Severity:
     """The highest of ``severities`` (INFO when empty)."""
     return min(severities, key=lambda s: s.rank, default=Severity.INFO)
+
+
+_SEVERITY_RANKS: Final = {severity: rank for rank, severity in enumerate(Severity)}
+"""Each severity's rank, worked out once (ingest ranks every alert it correlates)."""
 
 
 class AlertStatus(StrEnum):

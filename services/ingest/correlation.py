@@ -49,9 +49,6 @@ MONITORING_STARTED = (
 
 CUSTOMER_SUMMARY = "customer_summary"
 
-_RANK: Final = {severity: severity.rank for severity in Severity}
-"""Each severity's rank (0 for the most severe), looked up rather than worked out each time."""
-
 
 def derived_impact(service: str | None) -> str:
     """A customer-facing sentence for alerts that don't describe their impact."""
@@ -143,7 +140,7 @@ def _evolve(current: Incident, batch: _Batch) -> Correlation:
     if not after:
         return _all_recovered(current, batch, details, merged.values())
 
-    severity = min((merged[fp].severity for fp in after), key=_RANK.__getitem__)
+    severity = min((merged[fp].severity for fp in after), key=lambda s: s.rank)
     if current.resolves_at is not None:
         # Back during the hold: the same incident goes back to work.
         changes = [f"The problem is back: {_count(len(after), 'affected instance')}."]
@@ -246,7 +243,7 @@ def _impact(lead: Alert, firing: Iterable[Alert], service: str | None = None) ->
 
 
 def _most_severe_first(alerts: list[Alert]) -> list[Alert]:
-    return sorted(alerts, key=lambda a: _RANK[a.severity])  # stable: payload order breaks ties
+    return sorted(alerts, key=lambda a: a.severity.rank)  # stable: payload order breaks ties
 
 
 def _resolved_at(current: Incident, states: Iterable[AlertState], now: datetime) -> datetime:
