@@ -318,7 +318,7 @@ async def test_a_renewal_that_loses_its_cancellation_never_holds_the_delivery(
     async def renew_losing_cancellations(delivery_id: str, owner: str) -> bool:
         renewing.set()
         with contextlib.suppress(asyncio.CancelledError):  # lost, as the client lost it
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # stands for a slow Redis call: noqa: sleep-ok
         return await real_renew(delivery_id, owner)
 
     monkeypatch.setattr(pipeline.states, "renew", renew_losing_cancellations)

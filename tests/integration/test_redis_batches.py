@@ -145,7 +145,7 @@ async def test_a_caller_cancelled_before_the_send_sends_nothing(counting: Counti
     calls = CoalescedCalls(counting)
     cancelled = asyncio.ensure_future(calls.execute("SET", "cancelled", "1"))
     kept = asyncio.ensure_future(calls.execute("SET", "kept", "1"))
-    await asyncio.sleep(0)  # both queued: the send is scheduled, not begun
+    await asyncio.sleep(0)  # one turn: both queued, the send not begun: noqa: sleep-ok
     cancelled.cancel()
 
     assert await kept is True

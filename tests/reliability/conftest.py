@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.reliability.harness import WebhookSink
 from tests.reliability.scale import FULL, OUTCOMES
@@ -42,3 +43,13 @@ def hooks() -> Iterator[WebhookSink]:
     """The signed-webhook sink a scenario module's services send to."""
     with WebhookSink() as sink:
         yield sink
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Redis]:
+    """The session's Valkey, not flushed: a scenario module's system is running on it."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -82,16 +82,6 @@ def targets_and_system(
         redis_url, directory, smtp, hooks, **held_webhook_outlasts_the_reclaims
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Redis]:
-    """The session's Valkey, not flushed: the module's system is running on it."""
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def severity_of(number: int) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Final
 
@@ -132,15 +132,6 @@ def system(
         yield system
     finally:
         system.stop()
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_deliveries_recover_fail_fast_or_go_dead_and_replay_once(

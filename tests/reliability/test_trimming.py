@@ -18,7 +18,7 @@ parked at the kill at most once more, flagged ``possible_duplicate``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, Final
 
@@ -69,15 +69,6 @@ def targets_and_system(
     directory = tmp_path_factory.mktemp("trimming")
     with fanout_system(redis_url, directory, smtp, hooks) as running:
         yield running
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def trim_everything_read(redis: Redis, interval: timedelta = timedelta(seconds=1)) -> RetentionTask:
