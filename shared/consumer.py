@@ -40,10 +40,11 @@ Errors are logged and stored without the message's values: a pydantic
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Self, TypeVar
 
 from faststream import AckPolicy
 from faststream.message import StreamMessage
@@ -64,6 +65,20 @@ T = TypeVar("T")
 log = get_logger("clarion.consumer")
 
 MAX_LISTED_PROBLEMS: Final = 5  # a described validation error names at most this many
+
+
+class StreamSettings(StreamSub):
+    """FastStream's stream settings, copied cheaply.
+
+    FastStream hands a subscriber its stream settings through a property that
+    deep-copies them (to add the broker's prefix to the name) every time it is read,
+    several times per read and per message. Every field is a string, number, flag or
+    None, so a shallow copy is the same copy at a quarter of the cost (3.6 us instead
+    of 14 us here).
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return copy.copy(self)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -322,7 +337,7 @@ class GuardedConsumer(Generic[T]):
         self._subscribe_reclaimer(broker, settings)
 
     def _subscribe_batches(self, broker: RedisBroker, settings: Settings) -> None:
-        reader = StreamSub(
+        reader = StreamSettings(
             self.stream,
             group=self.group,
             consumer=settings.consumer_name,
@@ -349,7 +364,7 @@ class GuardedConsumer(Generic[T]):
         )(on_batch)
 
     def _subscribe_entries(self, broker: RedisBroker, settings: Settings) -> None:
-        reader = StreamSub(
+        reader = StreamSettings(
             self.stream,
             group=self.group,
             consumer=settings.consumer_name,
@@ -370,7 +385,7 @@ class GuardedConsumer(Generic[T]):
         )(on_new)
 
     def _subscribe_reclaimer(self, broker: RedisBroker, settings: Settings) -> None:
-        reclaimer = StreamSub(
+        reclaimer = StreamSettings(
             self.stream,
             group=self.group,
             consumer=f"{settings.consumer_name}-reclaim",
