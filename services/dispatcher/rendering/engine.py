@@ -50,7 +50,7 @@ from __future__ import annotations
 import functools
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -132,12 +132,10 @@ class _OutputTooLarge(Exception):
 
 @dataclass(frozen=True)
 class _Deadline:
+    """A render's end: ``at`` on the ``time.monotonic()`` clock, ``budget`` after its start."""
+
     at: float
     budget: timedelta
-
-    def check(self) -> None:
-        if time.monotonic() > self.at:
-            raise _OverBudget(self.budget)
 
 
 # The deadline of the render running in this context; None outside a render (compiling).
@@ -146,8 +144,8 @@ _DEADLINE: ContextVar[_Deadline | None] = ContextVar("clarion_render_deadline", 
 
 def _check_deadline() -> None:
     deadline = _DEADLINE.get()
-    if deadline is not None:
-        deadline.check()
+    if deadline is not None and time.monotonic() > deadline.at:
+        raise _OverBudget(deadline.budget)
 
 
 class _MeasuringFormatter(SandboxedFormatter):
@@ -295,13 +293,28 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         for name, func in list(self.filters.items()):
             self.filters[name] = _guarded_filter(name, func, self)
 
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as a plain dict over the environment's.
+
+        Every render copies them into its context, and a ``ChainMap`` (Jinja's choice, so
+        later changes to the environment's globals show) is slow to copy. This
+        environment's globals are complete before any template loads.
+        """
+        return {**self.globals, **(d or {})}
+
     def _printable(self, value: Any) -> Any:
         """What ``{{ value }}`` prints, once the text it turns into is measured."""
-        self.limits.text(value, "to print")
+        if type(value) is not str:  # a string is printed as it is
+            self.limits.text(value, "to print")
         return value
 
     def concat(self, parts: Iterable[str]) -> str:
-        """How compiled templates join captured output (a block read by ``self.name()``)."""
+        """How compiled templates join captured output (a block read by ``self.name()``).
+
+        Output captured into a bounded buffer (a macro's body) was counted as it came.
+        """
+        if type(parts) is BoundedText and parts.max_chars <= self.limits.max_chars:
+            return "".join(parts)
         return joined(parts, self.limits.max_chars, "captured template output")
 
     def output_buffer(self) -> BoundedText:
@@ -343,6 +356,8 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _check_deadline()
+        if type(obj) is Macro:
+            return self._call_macro(context, obj, args, kwargs)
         # str and bytes methods, and Markup's wrappers of them, are bound methods of a string.
         if isinstance(obj, BuiltinMethodType | MethodType) and isinstance(
             obj.__self__, str | bytes
@@ -354,17 +369,49 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             else:
                 self.limits.before(obj.__name__, obj.__self__, args, kwargs)
         if isinstance(obj, Macro):
-            for argument_value in (
-                *args,
-                *(v for k, v in kwargs.items() if k not in _CALL_BOOKKEEPING),
-            ):
-                self.limits.bound(argument_value, "a macro argument")
+            self._bound_macro_arguments(args, kwargs)
         result = super().call(context, obj, *args, **kwargs)
         self.limits.bound(result, "a call result")
         return result
 
+    def _call_macro(
+        self, context: Context, macro: Macro, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """What :meth:`call` does for a macro, without the general path's lookups.
+
+        A macro is safely callable (it has no ``unsafe_callable`` or ``alters_data``, and a
+        template cannot give it one), and ``Context.call`` hands it the eval context (its
+        ``__call__`` is ``pass_eval_context``) and drops the loop and block variables.
+        """
+        if args or kwargs:
+            self._bound_macro_arguments(args, kwargs)
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+        result: Any
+        try:
+            result = macro(context.eval_ctx, *args, **kwargs)
+        except StopIteration:
+            result = self.undefined(
+                "value was undefined because a callable raised a StopIteration exception"
+            )
+        self.limits.bound(result, "a call result")
+        return result
+
+    def _bound_macro_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for argument_value in (
+            *args,
+            *(v for k, v in kwargs.items() if k not in _CALL_BOOKKEEPING),
+        ):
+            self.limits.bound(argument_value, "a macro argument")
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         _check_deadline()
+        if type(obj) is TemplateModule and attribute[:1] != "_":
+            # A macro of an imported template (``say.headline``): what the sandbox's checks
+            # would let through (a public name, not a str method, of no mutable type).
+            value = obj.__dict__.get(attribute)
+            if type(value) is Macro:
+                return value
         value = super().getattr(obj, attribute)
         if isinstance(obj, Namespace):
             self.limits.bound(value, f"namespace value {attribute!r}")
@@ -421,7 +468,7 @@ class TemplateEngine:
 
     def render(self, name: str, values: Mapping[str, Any]) -> str:
         """The whole template ``name`` rendered with ``values``."""
-        return self._run(name, lambda: self._env.get_template(name).generate(dict(values)))
+        return self._run(name, lambda: self._chunks(self._env.get_template(name), values))
 
     def render_block(self, name: str, block: str, values: Mapping[str, Any]) -> str:
         """One ``{% block %}`` of ``name`` (defined there or in a template it extends).
@@ -481,19 +528,32 @@ class TemplateEngine:
 
     def _collect(self, chunks: Iterator[str], deadline: _Deadline) -> str:
         parts: list[str] = []
+        append = parts.append
         size = 0
+        limit = self._max_output_chars
+        clock, at = time.monotonic, deadline.at  # the deadline, checked for every chunk
         try:
             for chunk in chunks:
                 size += len(chunk)
-                if size > self._max_output_chars:
+                if size > limit:
                     raise _OutputTooLarge
-                deadline.check()
-                parts.append(chunk)
+                if clock() > at:
+                    raise _OverBudget(deadline.budget)
+                append(chunk)
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
         return "".join(parts)
+
+    def _chunks(self, template: Template, values: Mapping[str, Any]) -> Iterator[str]:
+        """What ``template.generate(values)`` yields, without copying ``values`` twice more
+        (the new context copies them over the globals)."""
+        context = template.new_context(values if isinstance(values, dict) else dict(values))
+        try:
+            yield from template.root_render_func(context)
+        except Exception:
+            self._env.handle_exception()  # re-raises with template file names and lines
 
     def _block_chunks(self, name: str, block: str, values: dict[str, Any]) -> Iterator[str]:
         chain = self._chain(name)

@@ -77,10 +77,22 @@ def engine_for(templates_dir: str | None) -> TemplateEngine:
 
 
 class Renderer:
+    """Renders the messages of an event, once per (audience, channel).
+
+    The renderings of one event share their work: the template values of each audience
+    are made once, and each template is rendered once per audience (the plain text of
+    an email and of a webhook is one rendering). Templates see nothing but the values,
+    so a template rendered again with them would give the same text (the ``random``
+    filter aside: it now picks once per event and audience). What is shared is kept for
+    the event rendered last, recognised by its objects (the event and incident are
+    frozen), until another event comes.
+    """
+
     def __init__(self, context: RenderContext, engine: TemplateEngine | None = None) -> None:
         self.context = context
         self.engine = engine or engine_for(context.plan.templates_dir)
         self._found: dict[tuple[str, ...], str] = {}  # template lookups, made once each
+        self._last: _EventRenderings | None = None
 
     def render(
         self,
@@ -90,30 +102,41 @@ class Renderer:
         channel: ChannelName,
     ) -> RenderedMessage:
         """The message for ``audience`` on ``channel``; raises RenderFailed or MessageTooLong."""
-        public = self.context.plan.audiences[audience].public
-        values = template_values(event, incident, self.context, audience, public)
+        texts = self._texts(event, incident, audience)
         lookup = _Lookup(self.engine, audience, channel, kind_of(event).value, self._found)
         if channel is ChannelName.EMAIL:  # the subject is its title
             return RenderedMessage(
                 channel=channel,
-                title=_one_line(self.engine.render(lookup.find("subject", ".txt.j2"), values)),
-                text=self.engine.render(lookup.find("message", ".txt.j2"), values).strip() + "\n",
-                html=self.engine.render(lookup.find("message", ".html.j2"), values),
+                title=_one_line(texts.render(lookup.find("subject", ".txt.j2"))),
+                text=texts.render(lookup.find("message", ".txt.j2")).strip() + "\n",
+                html=texts.render(lookup.find("message", ".html.j2")),
             )
-        title = _one_line(self.engine.render(lookup.find("title", ".txt.j2"), values))
+        title = _one_line(texts.render(lookup.find("title", ".txt.j2")))
         if channel in SHORT_CHANNELS:
-            return self._short(lookup, channel, title, values)
+            return self._short(lookup, channel, title, texts)
         if channel is ChannelName.STATUS_PAGE:
             return RenderedMessage(
                 channel=channel,
                 title=title,
-                text=self.engine.render(lookup.find("message", ".md.j2"), values).strip(),
+                text=texts.render(lookup.find("message", ".md.j2")).strip(),
                 status=incident.status.value,
                 next_update_at=promised_next_update(event),
             )
         return self._json_channel(
-            lookup, channel=channel, title=title, values=values, event=event, incident=incident
+            lookup, channel=channel, title=title, texts=texts, event=event, incident=incident
         )
+
+    def _texts(self, event: DispatchEvent, incident: Incident, audience: str) -> _Texts:
+        """``audience``'s values and renderings for ``event``, made once per event."""
+        last = self._last
+        if last is None or last.event is not event or last.incident is not incident:
+            last = self._last = _EventRenderings(event, incident)
+        texts = last.audiences.get(audience)
+        if texts is None:
+            public = self.context.plan.audiences[audience].public
+            values = template_values(event, incident, self.context, audience, public)
+            texts = last.audiences[audience] = _Texts(self.engine, values)
+        return texts
 
     def _json_channel(
         self,
@@ -121,18 +144,19 @@ class Renderer:
         *,
         channel: ChannelName,
         title: str,
-        values: dict[str, Any],
+        texts: _Texts,
         event: DispatchEvent,
         incident: Incident,
     ) -> RenderedMessage:
         """Slack, Discord, a chat webhook or a signed webhook: a JSON body with the words."""
+        values = texts.values
         if channel is ChannelName.SLACK:
             safe = slack_escaped(values)  # incident words never become mentions or links
             return _slack(title, self.engine.render(lookup.find("message", ".md.j2"), safe), safe)
         if channel is ChannelName.DISCORD:
-            text = self.engine.render(lookup.find("message", ".md.j2"), values)
+            text = texts.render(lookup.find("message", ".md.j2"))
             return _discord(title, text, values, event)
-        text = self.engine.render(lookup.find("message", ".txt.j2"), values).strip()
+        text = texts.render(lookup.find("message", ".txt.j2")).strip()
         if channel is ChannelName.CHAT_WEBHOOK:
             return RenderedMessage(channel, title, text, payload=_chat_json(title, text, values))
         return RenderedMessage(
@@ -140,15 +164,15 @@ class Renderer:
         )
 
     def _short(
-        self, lookup: _Lookup, channel: ChannelName, title: str, values: dict[str, Any]
+        self, lookup: _Lookup, channel: ChannelName, title: str, texts: _Texts
     ) -> RenderedMessage:
         name = lookup.find("message", ".txt.j2")
         blocks = self.engine.blocks(name)
         if {"body", "keep"} <= blocks:
-            body = self.engine.render_block(name, "body", values)
-            keep = self.engine.render_block(name, "keep", values)
+            body = texts.render(name, "body")
+            keep = texts.render(name, "keep")
         else:
-            body, keep = self.engine.render(name, values), ""
+            body, keep = texts.render(name), ""
         limit = limit_for(channel, max_sms_segments=self.context.plan.sms_max_segments)
         assert limit is not None
         fitted = fit(_one_line(body), _one_line(keep), limit)
@@ -160,6 +184,36 @@ class Renderer:
             shortened=fitted.shortened,
             notes=notes if fitted.shortened else (),
         )
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """One audience's values for an event, and the templates rendered with them so far."""
+
+    engine: TemplateEngine
+    values: dict[str, Any]
+    rendered: dict[tuple[str, str | None], str] = field(default_factory=dict)
+
+    def render(self, name: str, block: str | None = None) -> str:
+        """Template ``name`` (or one ``block`` of it), rendered the first time it is asked for."""
+        key = (name, block)
+        text = self.rendered.get(key)
+        if text is None:
+            if block is None:
+                text = self.engine.render(name, self.values)
+            else:
+                text = self.engine.render_block(name, block, self.values)
+            self.rendered[key] = text
+        return text
+
+
+@dataclass(frozen=True)
+class _EventRenderings:
+    """The event rendered last (kept, so its objects are not mistaken for another's)."""
+
+    event: DispatchEvent
+    incident: Incident
+    audiences: dict[str, _Texts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

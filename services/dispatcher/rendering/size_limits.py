@@ -253,19 +253,38 @@ class _Tally:
 
 
 class BoundedText(list[str]):
-    """Chunks of text that refuse the one taking their total past ``max_chars``."""
+    """Chunks of text that refuse the one taking their total past ``max_chars``.
 
-    def __init__(self, max_chars: int, what: str) -> None:
-        super().__init__()
-        self._tally = _Tally(max_chars, what)
+    Compiled templates append to it once per output node, so the count is kept inline.
+    Chunks given as a tuple or list exist already and are counted together; any other
+    iterable is counted chunk by chunk, so it stops at the one that passes the limit.
+    """
+
+    __slots__ = ("max_chars", "size", "what")
+
+    def __init__(self, max_chars: int, what: str) -> None:  # starts empty: no list.__init__
+        self.max_chars = max_chars
+        self.what = what
+        self.size = 0
 
     def append(self, text: str) -> None:
-        self._tally.add(text)
-        super().append(text)
+        self.size += len(text)
+        if self.size > self.max_chars:
+            raise SecurityError(f"{self.what} exceeds {self.max_chars} characters")
+        list.append(self, text)
 
     def extend(self, texts: Iterable[str]) -> None:
-        for text in texts:
-            self.append(text)
+        if not isinstance(texts, tuple | list):
+            for text in texts:  # what append() does, inline
+                self.size += len(text)
+                if self.size > self.max_chars:
+                    raise SecurityError(f"{self.what} exceeds {self.max_chars} characters")
+                list.append(self, text)
+            return
+        self.size += sum(map(len, texts))
+        if self.size > self.max_chars:
+            raise SecurityError(f"{self.what} exceeds {self.max_chars} characters")
+        list.extend(self, texts)
 
     def text(self) -> str:
         return "".join(self)

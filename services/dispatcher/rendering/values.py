@@ -121,7 +121,9 @@ def template_values(
     """Everything the templates may use for ``audience``, already formatted."""
     zones = context.zones
     kind = kind_of(event)
-    ended = incident.resolved_at or event_time(event)
+    moment = event_time(event)
+    timestamp = format_timestamp(moment, zones)
+    ended = incident.resolved_at or moment
     began = incident.began_at
     next_update = promised_next_update(event)
     policy = context.plan.policy(incident.severity)
@@ -137,12 +139,12 @@ def template_values(
         "sev": incident.severity.sev,
         "severity_words": policy.name,
         "status": incident.status.value,
-        "timestamp": format_timestamp(event_time(event), zones),
+        "timestamp": timestamp,
         "next_update": format_timestamp(next_update, zones) if next_update else None,
         "status_url": context.follow_url(incident.id),
         "status_page_url": context.status_url,
         "started": format_timestamp(began, zones),
-        "ended": format_timestamp(ended, zones),
+        "ended": timestamp if ended is moment else format_timestamp(ended, zones),
         "duration": format_duration(ended - began),
         "changes": list(event.changes) if isinstance(event, IncidentUpdated) else [],
         "message": event.message if isinstance(event, IncidentUpdated) else None,
