@@ -92,6 +92,31 @@ class Settings(BaseSettings):
     scheduler_host: str = "127.0.0.1"
     scheduler_port: int = 8002
 
+    # Worker processes per service, on the service's one port
+    ingest_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes serving ingest on its one port (1: a single process). Each worker "
+            "is an independent consumer with a consumer name of its own; a worker that "
+            "dies is replaced, /metrics shows the sum over the workers, and "
+            "CLARION_INGEST_RATE_LIMIT is counted per worker: N workers allow N times "
+            "the rate."
+        ),
+    )
+    dispatcher_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes running the dispatcher on its one port (1: a single process). "
+            "Each worker is an independent consumer with a consumer name of its own, "
+            "sharing deliveries, leases and provider rate limits through Redis; a "
+            "worker that dies is replaced, and /metrics shows the sum over the workers."
+        ),
+    )
+
     # Security
     ingest_token: SecretStr | None = None
     ops_token: SecretStr | None = None

@@ -2,6 +2,8 @@
 
 One :class:`DispatcherMetrics` per dispatcher app: several apps in one process (tests)
 never register the same metric twice, and nothing goes to the global default registry.
+With several worker processes (``CLARION_DISPATCHER_WORKERS``), ``/metrics`` shows the
+sum over the workers (:mod:`shared.worker_metrics`).
 
 - ``clarion_delivery_attempts_total{channel,status}``: every attempt the delivery log
   records. Dead letters are ``status="dead"``: a separate dead-letter counter would
@@ -17,15 +19,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.contracts import DeliveryRecorded
+from shared.worker_metrics import exposed_registry, exposition
 
 LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: webhook posts take tens of milliseconds, a slow SMTP server tens of seconds."""
@@ -53,6 +50,7 @@ class DispatcherMetrics:
             ["channel"],
             registry=self.registry,
         )
+        self._exposed = exposed_registry(self.registry)
 
     def observe(self, record: DeliveryRecorded) -> None:
         """Count one recorded attempt (and its latency, when a provider was called)."""
@@ -64,4 +62,4 @@ class DispatcherMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text a ``/metrics`` endpoint answers, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return exposition(self._exposed)

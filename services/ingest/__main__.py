@@ -1,17 +1,40 @@
-"""``python -m services.ingest``: serve the ingest API with uvicorn."""
+"""``python -m services.ingest``: serve the ingest API with uvicorn.
+
+With ``CLARION_INGEST_WORKERS`` above 1, several worker processes share the port
+(:func:`shared.serving.serve_workers`); each builds its app with :func:`worker_app`.
+"""
 
 from __future__ import annotations
 
+from typing import Final
+
 from services.ingest.app import create_app
+from services.ingest.fast_lane import IngestApp
 from shared.logs import configure_logging
-from shared.serving import serve
+from shared.serving import FatalHook, serve, serve_workers, worker_settings
 from shared.settings import Settings
+
+WORKER_APP: Final = "services.ingest.__main__:worker_app"
+
+
+def worker_app(on_fatal: FatalHook) -> IngestApp:
+    """The app of one worker process, from the settings in its environment."""
+    return create_app(worker_settings(), on_fatal=on_fatal)
 
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     settings.require_redis_url()
+    if settings.ingest_workers > 1:
+        serve_workers(
+            WORKER_APP,
+            settings.ingest_host,
+            settings.ingest_port,
+            settings.ingest_workers,
+            freeze_startup=True,
+        )
+        return
     serve(
         lambda on_fatal: create_app(settings, on_fatal=on_fatal),
         settings.ingest_host,

@@ -1,18 +1,16 @@
 """Prometheus metrics of the ingest service, in a registry of their own.
 
 One :class:`IngestMetrics` per app: two apps in one process (tests) never
-register the same metric twice.
+register the same metric twice. With several worker processes
+(``CLARION_INGEST_WORKERS``), ``/metrics`` shows the sum over the workers
+(:mod:`shared.worker_metrics`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from shared.worker_metrics import exposed_registry, exposition
 
 
 class IngestMetrics:
@@ -41,6 +39,7 @@ class IngestMetrics:
         # sources and statuses are few.
         self._accepted: dict[str, Counter] = {}
         self._requests: dict[tuple[str, int], Histogram] = {}
+        self._exposed = exposed_registry(self.registry)
 
     def count_rejected(self, source: str, reason: str) -> None:
         self.rejected.labels(source=source, reason=reason).inc()
@@ -60,4 +59,4 @@ class IngestMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text a ``/metrics`` endpoint answers, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return exposition(self._exposed)

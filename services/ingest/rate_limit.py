@@ -7,7 +7,8 @@ already holds as many accepted requests as the limit allows, as the ``limits``
 library's moving window does; the times of those requests are kept in a deque
 per source and limit, so a request costs a few operations (the library's memory
 storage spends a task and a thread hop on each). Counts live in this process's
-memory: N ingest replicas allow N times the rate.
+memory: N ingest replicas allow N times the rate, and so do N worker processes of
+one ingest (``CLARION_INGEST_WORKERS``), each counting the requests it serves.
 """
 
 from __future__ import annotations

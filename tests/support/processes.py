@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 
 from tests.support.smtp import free_port
 
-__all__ = ["ServiceProcess", "System", "free_port"]
+__all__ = ["ServiceProcess", "System", "free_port", "process_environ", "worker_pids"]
 
 
 @dataclass
@@ -142,3 +143,30 @@ class System:
         return "\n".join(
             f"--- {name} ---\n{service.log_tail()}" for name, service in self.services.items()
         )
+
+
+def worker_pids(pid: int) -> set[int]:
+    """The worker processes of the service whose parent is ``pid`` (Linux ``/proc``).
+
+    Only uvicorn's workers (started with multiprocessing's ``spawn``), not the
+    resource tracker that multiprocessing also starts.
+    """
+    children: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                children.update(int(c) for c in (task / "children").read_text().split())
+    return {child for child in children if b"spawn_main" in _proc_file(child, "cmdline")}
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` started with (Linux ``/proc``; empty once it is gone)."""
+    pairs = (item.partition(b"=") for item in _proc_file(pid, "environ").split(b"\0") if item)
+    return {name.decode(): value.decode(errors="replace") for name, _, value in pairs}
+
+
+def _proc_file(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return b""
