@@ -61,6 +61,7 @@ class BenchEnv:
     sinks: Sinks
     redis: Redis
     profile: Sequence[str] = ()  # service names to run under cProfile
+    workers: int = 1  # processes per ingest and per dispatcher (CLARION_*_WORKERS)
     profiles: list[Path] = field(default_factory=list)
     _runs: int = 0
 
@@ -85,10 +86,13 @@ class BenchEnv:
         return path
 
     def system(self, plan: Path, log_dir: Path, **env: str) -> System:
-        """The three services (not started) on this Redis, the sinks' SMTP, ``plan``."""
+        """The three services (not started) on this Redis, the sinks' SMTP, ``plan``; ingest
+        and the dispatcher run :attr:`workers` processes each unless ``env`` says otherwise."""
         system = System(
             env={
                 **QUIET_SERVICES,
+                "CLARION_INGEST_WORKERS": str(self.workers),
+                "CLARION_DISPATCHER_WORKERS": str(self.workers),
                 "CLARION_REDIS_URL": self.redis_url,
                 "CLARION_SMTP_HOST": self.sinks.smtp_host,
                 "CLARION_SMTP_PORT": str(self.sinks.smtp_port),
@@ -126,7 +130,9 @@ def pid_of(service: ServiceProcess) -> int | None:
 
 
 @asynccontextmanager
-async def bench_environment(profile: Sequence[str] = ()) -> AsyncIterator[BenchEnv]:
+async def bench_environment(
+    profile: Sequence[str] = (), workers: int = 1
+) -> AsyncIterator[BenchEnv]:
     """Redis (embedded unless ``CLARION_REDIS_URL``), the sinks and a temp dir, for a run."""
     external = os.environ.get("CLARION_REDIS_URL")
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
@@ -137,7 +143,7 @@ async def bench_environment(profile: Sequence[str] = ()) -> AsyncIterator[BenchE
         redis = Redis.from_url(url)
         try:
             sinks.start()
-            yield BenchEnv(Path(tmp), url, external is None, sinks, redis, profile)
+            yield BenchEnv(Path(tmp), url, external is None, sinks, redis, profile, workers)
         finally:
             await redis.aclose()
             await sinks.aclose()

@@ -23,7 +23,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.environment import BenchEnv, bench_environment, pid_of
-from bench.procstats import peak_rss_mb
+from bench.procstats import family_peak_rss_mb
 from bench.report import Figure, ScenarioResult, table
 from shared.contracts import DeliveryStatus, IncidentOpened, Severity
 from shared.redis_values import DATA_FIELD, data_entries
@@ -110,7 +110,7 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
                 break
             await asyncio.sleep(0.2)  # a benchmark polls; tests never sleep
         elapsed = time.perf_counter() - started
-        peak = peak_rss_mb(pid_of(system["dispatcher"]))
+        peaks = family_peak_rss_mb(pid_of(system["dispatcher"]))
     finally:
         env.stop(system)
     after = await env.sinks.counts()
@@ -121,13 +121,17 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
         "messages_per_second": round(sent / elapsed, 1),
         "emails_received": after["smtp"] - before["smtp"],
         "sms_received": after["http"].get(TWILIO_PATH, 0) - before["http"].get(TWILIO_PATH, 0),
-        "dispatcher_peak_rss_mb": peak,
+        "dispatcher_peak_rss_mb": max(peaks.values(), default=None),
+        "dispatcher_peak_rss_mb_by_process": list(peaks.values()),
+        "dispatcher_processes": len(peaks),
     }
+    peak = data["dispatcher_peak_rss_mb"]
+    total = round(sum(peaks.values()), 1)
     print(
         f"  {sent:,} of {expected:,} sent in {elapsed:.1f} s: "
         f"{data['messages_per_second']:,.0f} messages/s; SMTP sink got "
         f"{data['emails_received']:,}, SMS stand-in {data['sms_received']:,}; "
-        f"dispatcher peak RSS {peak} MB",
+        f"dispatcher peak RSS {peak} MB per process ({len(peaks)} processes, {total} MB in all)",
         flush=True,
     )
     size = f"{options.emails:,} emails + {options.sms:,} SMS"
@@ -140,7 +144,12 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
             target="≥ 2,000 emails/s",
         ),
         Figure(NAME, f"total time, {size}", f"{elapsed:,.1f} s"),
-        Figure(NAME, "dispatcher peak RSS", f"{peak} MB", target="≤ 200 MB"),
+        Figure(
+            NAME,
+            "dispatcher peak RSS",
+            f"{peak} MB" if len(peaks) < 2 else f"{peak} MB per process, {total} MB in all",
+            target="≤ 200 MB",
+        ),
     ]
     return ScenarioResult(NAME, figures, data, asdict(options))
 

@@ -8,8 +8,11 @@ before its 202). Three targets at each concurrency, one after another:
 - ``sink``: the trivial HTTP sink, same bodies: the client's own ceiling on this
   machine (with the client's CPU use, a saturated client shows);
 - ``clarion``: the ingest service alone (``POST /v1/alerts/alertmanager``), on the
-  benchmark's Redis; the dispatcher and scheduler are not running, so nothing else
-  competes for the CPU (the events wait in their stream);
+  benchmark's Redis, with the run's worker processes (``--workers``, one per core by
+  default); the dispatcher and scheduler are not running, so nothing else competes
+  for the CPU (the events wait in their stream);
+- ``clarion 1 process``: the same with one process (``CLARION_INGEST_WORKERS=1``),
+  when the run uses more;
 - ``alertmanager``: ``POST /api/v2/alerts`` with the same alerts as postable alerts.
 
 Then the same alert again (``dedup``): a resend Clarion answers without writing.
@@ -40,6 +43,7 @@ from bench.report import Figure, ScenarioResult, ms, ratio, summary_ms
 from tests.support.plans import write_plan
 
 NAME = "ingest"
+SINGLE = "clarion 1 process"
 CLIENT_BOUND = 0.85  # the client's CPU share of one core above which it may be the limit
 
 
@@ -136,7 +140,7 @@ def _print(row: dict[str, Any]) -> None:
     late = row["latency_ms"]
     cpu = " ".join(f"{k} {v:.0%}" for k, v in row["server_cpu_share"].items())
     print(
-        f"  {row['target']:<12} {row['alerts_per_request']:>2} alerts/req"
+        f"  {row['target']:<18} {row['alerts_per_request']:>2} alerts/req"
         f"  c={row['concurrency']:<4}"
         f" {row['requests_per_second']:>9,.0f} req/s {row['alerts_per_second']:>9,.0f} alerts/s"
         f"  p50 {late['p50'] or 0:7.2f} ms  p99 {late['p99'] or 0:7.2f} ms"
@@ -171,6 +175,16 @@ def _figures(rows: list[dict[str, Any]], options: Options) -> list[Figure]:
                     target,
                 )
             )
+        single = [r for r in rows if r["target"] == SINGLE and r["alerts_per_request"] == alerts]
+        if single:
+            best = max(single, key=lambda r: r["alerts_per_second"])
+            figures.append(
+                Figure(
+                    NAME,
+                    f"one ingest process, {alerts}-alert requests, best of the sweep",
+                    f"{_cell(best)} at {best['concurrency']} connections",
+                )
+            )
         sink = [r for r in rows if r["target"] == "sink" and r["alerts_per_request"] == alerts]
         if sink:
             best = max(sink, key=lambda r: r["requests_per_second"])
@@ -201,11 +215,16 @@ def _figures(rows: list[dict[str, Any]], options: Options) -> list[Figure]:
 async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioResult:
     await env.reset()
     directory = env.directory(NAME)
-    system = env.system(write_plan(directory), directory)
+    plan = write_plan(directory)
+    system = env.system(plan, directory)
+    single = env.system(plan, directory, CLARION_INGEST_WORKERS="1") if env.workers > 1 else None
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         env.start(system, ["ingest"])
         stack.callback(env.stop, system)
+        if single is not None:
+            env.start(single, ["ingest"])
+            stack.callback(env.stop, single)
         targets = [
             Target(
                 "sink",
@@ -224,6 +243,17 @@ async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioR
                 {"ingest": pid_of(system["ingest"]), "valkey": await redis_pid(env.redis)},
             ),
         ]
+        if single is not None:
+            targets.append(
+                Target(
+                    SINGLE,
+                    "127.0.0.1",
+                    single.ingest_port,
+                    CLARION_PATH,
+                    clarion_body,
+                    {"ingest": pid_of(single["ingest"]), "valkey": await redis_pid(env.redis)},
+                )
+            )
         if binary is not None:
             manager = stack.enter_context(am.running(binary, directory / "am", env.sinks.http_url))
             targets.append(
@@ -250,7 +280,7 @@ async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioR
                     rows.append(_row(target.name, alerts, result, cpu))
                     _print(rows[-1])
         c = 32 if 32 in options.concurrency else options.concurrency[-1]
-        for target in targets[1:]:
+        for target in (t for t in targets[1:] if t.name != SINGLE):
             template = target.body(1)
             ident = _ids()
             await _measure(target, template, c, 600, ident=ident, limit=options.dedup_ids)

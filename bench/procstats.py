@@ -10,16 +10,42 @@ from redis.asyncio import Redis
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of ``pid`` so far (0.0 when it cannot be read)."""
-    if pid is None:
-        return 0.0
+def _stat_fields(pid: int) -> list[str] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+        return None
+    return stat.rsplit(")", 1)[1].split()  # fields from the 3rd (state) on
+
+
+def family(pid: int | None) -> list[int]:
+    """``pid`` and every live process descended from it (a service's worker processes)."""
+    if pid is None:
+        return []
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants so far: the live ones, and
+    those that ended and were waited for (0.0 when nothing can be read)."""
+    total = 0.0
+    for number, member in enumerate(family(pid)):
+        fields = _stat_fields(member)
+        if fields is None:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        if number == 0:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: waited-for children
+    return total / TICKS
 
 
 def _status_kb(pid: int | None, name: str) -> float | None:
@@ -45,6 +71,18 @@ def peak_rss_mb(pid: int | None) -> float | None:
     """The most resident memory so far (VmHWM), in MB."""
     kb = _status_kb(pid, "VmHWM")
     return None if kb is None else round(kb / 1024, 1)
+
+
+def family_rss_mb(pid: int | None) -> float | None:
+    """Resident memory now of ``pid`` and its live descendants together, in MB."""
+    sizes = [mb for member in family(pid) if (mb := rss_mb(member)) is not None]
+    return round(sum(sizes), 1) if sizes else None
+
+
+def family_peak_rss_mb(pid: int | None) -> dict[int, float]:
+    """The peak resident memory (VmHWM, MB) of ``pid`` and each live descendant."""
+    peaks = {member: peak_rss_mb(member) for member in family(pid)}
+    return {member: mb for member, mb in peaks.items() if mb is not None}
 
 
 async def redis_pid(redis: Redis) -> int | None:

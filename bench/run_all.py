@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pstats
 import shutil
 import sys
@@ -65,6 +66,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", action="store_true", help="also run the 10-minute soak")
     parser.add_argument(
         "--profile", nargs="+", choices=SERVICES, default=[], help="run under cProfile"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes per ingest and per dispatcher (default: one per core)",
     )
     return parser.parse_args(argv)
 
@@ -112,18 +119,21 @@ async def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m bench.run_all " + " ".join(sys.argv[1:] if argv is None else argv)
     directory = QUICK_RESULTS if args.quick else RESULTS
     facts = machine()
+    workers = 1 if args.profile else args.workers  # a profile follows one process
     print(
         f"Clarion benchmarks ({'quick' if args.quick else 'full'}): {', '.join(chosen)}\n"
         f"machine: {facts['cores']} cores, {facts['cpu_model']}, Python {facts['python']}, "
-        f"load average {facts['load_average']}",
+        f"load average {facts['load_average']}; ingest and dispatcher: {workers} "
+        "process(es) each",
         flush=True,
     )
     binary = am.find_or_install() if {"ingest", "first_message"} & set(chosen) else None
     results: list[ScenarioResult] = []
-    async with bench_environment(args.profile) as env:
+    async with bench_environment(args.profile, workers) as env:
         for name in chosen:
             print(f"\n== {name} ==", flush=True)
             results.append(await _run(name, args.quick, env, binary))
+            results[-1].options["workers"] = workers
             write(results[-1:], command.strip(), directory)
         if env.profiles:
             _write_profiles(env.profiles)
@@ -133,9 +143,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     recorded = recorded_figures(directory)  # this run's, and the last of the others
     (directory / "latest.md").write_text(
         f"Machine: {facts['cores']} cores ({facts['cpu_model']}), Python {facts['python']}, "
-        f"{facts['date'][:10]}. Command: `{command.strip()}`.\n\n"
-        + markdown(sorted(recorded, key=_order))
-        + "\n"
+        f"{facts['date'][:10]}; ingest and dispatcher {workers} process(es) each. "
+        f"Command: `{command.strip()}`.\n\n" + markdown(sorted(recorded, key=_order)) + "\n"
     )
     if binary is None and {"ingest", "first_message"} & set(chosen):
         print("\n!!! Alertmanager was not available: its columns are empty.")

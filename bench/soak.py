@@ -32,7 +32,7 @@ from bench.bodies import CLARION_PATH, Template, clarion_body, requests
 from bench.environment import BenchEnv, pid_of
 from bench.first_message import SECRET_ENV, webhook_plan
 from bench.http_load import Pool
-from bench.procstats import redis_pid, rss_mb
+from bench.procstats import family_rss_mb, redis_pid
 from bench.report import Figure, ScenarioResult
 from shared.contracts import Severity
 from shared.redis_values import as_text
@@ -80,7 +80,7 @@ async def _sample(redis: Redis, pids: dict[str, int | None], started: float) -> 
     lengths, backlog = await _streams(redis)
     return {
         "t": round(time.monotonic() - started, 1),
-        "rss_mb": {name: rss_mb(pid) for name, pid in pids.items()},
+        "rss_mb": {name: family_rss_mb(pid) for name, pid in pids.items()},  # with workers
         "xlen": lengths,
         "xlen_total": sum(lengths.values()),
         "backlog": backlog,
