@@ -6,20 +6,22 @@ With ``CLARION_DISPATCHER_WORKERS`` above 1, several worker processes share the 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from fastapi import FastAPI
-
-from services.dispatcher.app import create_app
 from shared.logs import configure_logging
 from shared.serving import FatalHook, serve, serve_workers, worker_settings
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 WORKER_APP: Final = "services.dispatcher.__main__:worker_app"
 
 
 def worker_app(on_fatal: FatalHook) -> FastAPI:
     """The app of one worker process, from the settings in its environment."""
+    from services.dispatcher.app import create_app  # noqa: PLC0415  (in the workers only)
+
     return create_app(worker_settings(), on_fatal=on_fatal)
 
 
@@ -35,6 +37,8 @@ def main() -> None:
             settings.dispatcher_workers,
         )
         return
+    from services.dispatcher.app import create_app  # noqa: PLC0415  (a supervisor of workers does without)
+
     serve(
         lambda on_fatal: create_app(settings, on_fatal=on_fatal),
         settings.dispatcher_host,

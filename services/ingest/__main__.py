@@ -6,19 +6,22 @@ With ``CLARION_INGEST_WORKERS`` above 1, several worker processes share the port
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from services.ingest.app import create_app
-from services.ingest.fast_lane import IngestApp
 from shared.logs import configure_logging
 from shared.serving import FatalHook, serve, serve_workers, worker_settings
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.ingest.fast_lane import IngestApp
 
 WORKER_APP: Final = "services.ingest.__main__:worker_app"
 
 
 def worker_app(on_fatal: FatalHook) -> IngestApp:
     """The app of one worker process, from the settings in its environment."""
+    from services.ingest.app import create_app  # noqa: PLC0415  (in the workers only)
+
     return create_app(worker_settings(), on_fatal=on_fatal)
 
 
@@ -35,6 +38,8 @@ def main() -> None:
             freeze_startup=True,
         )
         return
+    from services.ingest.app import create_app  # noqa: PLC0415  (a supervisor of workers does without)
+
     serve(
         lambda on_fatal: create_app(settings, on_fatal=on_fatal),
         settings.ingest_host,
