@@ -23,7 +23,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.environment import BenchEnv, bench_environment, pid_of
-from bench.procstats import family_peak_rss_mb
+from bench.procstats import CpuMeter, family_peak_rss_mb, redis_pid
 from bench.report import Figure, ScenarioResult, table
 from shared.contracts import DeliveryStatus, IncidentOpened, Severity
 from shared.redis_values import DATA_FIELD, data_entries
@@ -103,6 +103,14 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
         )
         expected = options.emails + options.sms + 1  # and the status page
         counter = SentCounter(env.redis)
+        meter = CpuMeter(
+            {
+                "dispatcher": pid_of(system["dispatcher"]),
+                "sinks": env.sinks.pid,
+                "valkey": await redis_pid(env.redis),
+            }
+        )
+        meter.start()
         started = time.perf_counter()
         await env.redis.xadd(INCIDENT_EVENTS, {DATA_FIELD: event.model_dump_json()})
         while (sent := await counter.count()) < expected:
@@ -110,6 +118,7 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
                 break
             await asyncio.sleep(0.2)  # a benchmark polls; tests never sleep
         elapsed = time.perf_counter() - started
+        cpu = {name: round(seconds / elapsed, 2) for name, seconds in meter.stop().items()}
         peaks = family_peak_rss_mb(pid_of(system["dispatcher"]))
     finally:
         env.stop(system)
@@ -124,6 +133,7 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
         "dispatcher_peak_rss_mb": max(peaks.values(), default=None),
         "dispatcher_peak_rss_mb_by_process": list(peaks.values()),
         "dispatcher_processes": len(peaks),
+        "cpu_share": cpu,  # CPU seconds per second (cores) while it ran
     }
     peak = data["dispatcher_peak_rss_mb"]
     total = round(sum(peaks.values()), 1)
@@ -131,7 +141,8 @@ async def run(env: BenchEnv, options: Options) -> ScenarioResult:
         f"  {sent:,} of {expected:,} sent in {elapsed:.1f} s: "
         f"{data['messages_per_second']:,.0f} messages/s; SMTP sink got "
         f"{data['emails_received']:,}, SMS stand-in {data['sms_received']:,}; "
-        f"dispatcher peak RSS {peak} MB per process ({len(peaks)} processes, {total} MB in all)",
+        f"dispatcher peak RSS {peak} MB per process ({len(peaks)} processes, {total} MB in all); "
+        f"CPU {', '.join(f'{name} {share:.0%}' for name, share in cpu.items())}",
         flush=True,
     )
     size = f"{options.emails:,} emails + {options.sms:,} SMS"

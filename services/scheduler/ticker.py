@@ -25,7 +25,7 @@ from services.scheduler.schedule_store import Claim, ScheduleStore
 from services.scheduler.timers import FIRES_IN_FLIGHT, bounded
 from shared.clock import Clock, SyncedClock
 from shared.contracts import UpdateDue
-from shared.incidents import load_incident
+from shared.incidents import parse_incident, stored_incidents
 from shared.logs import bound, get_logger
 from shared.plan import Plan
 from shared.settings import Settings
@@ -96,9 +96,14 @@ class Ticker:
         while True:
             claims = await self._store.claim(self._clock.now(), self._lease, self._batch_size)
             self._progressed()
+            records = await stored_incidents(self._redis, [c.incident_id for c in claims])
             limit = asyncio.Semaphore(FIRES_IN_FLIGHT)
             results = await asyncio.gather(
-                *(bounded(limit, self._fire(claim)) for claim in claims), return_exceptions=True
+                *(
+                    bounded(limit, self._fire(claim, record))
+                    for claim, record in zip(claims, records, strict=True)
+                ),
+                return_exceptions=True,
             )
             for claim, result in zip(claims, results, strict=True):
                 if isinstance(result, BaseException):
@@ -148,10 +153,11 @@ class Ticker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
-    async def _fire(self, claim: Claim[ScheduleItem]) -> bool:
+    async def _fire(self, claim: Claim[ScheduleItem], record: bytes | str | None) -> bool:
+        """Fire ``claim`` for its incident (``record``, read with the batch just before)."""
         with bound(incident_id=claim.incident_id):
             item = claim.item
-            incident = await load_incident(self._redis, claim.incident_id)
+            incident = parse_incident(record)
             if item is None or incident is None or not incident.is_open:
                 dropped = await self._store.drop(claim)
                 log.info(
