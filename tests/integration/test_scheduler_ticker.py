@@ -316,6 +316,26 @@ async def test_item_of_a_resolved_or_missing_incident_is_dropped(
     assert await redis.zrange(SCHEDULE_DUE, 0, -1) == [b"inc-open"]
 
 
+async def test_an_unreadable_incident_fails_only_its_own_fire(
+    redis: Redis,
+    store: ScheduleStore[ScheduleItem],
+    ticker: Ticker,
+    settings: Settings,
+    clock: ManualClock,
+) -> None:
+    await open_incident(redis, store, settings, clock, "inc-corrupt")
+    await open_incident(redis, store, settings, clock, "inc-open")
+    await redis.set(incident_key("inc-corrupt"), b"{not an incident")
+
+    clock.advance(CRITICAL)
+    assert await ticker.run_once() == 1
+
+    assert [u.incident_id for u in await updates_due(redis)] == ["inc-open"]
+    kept = await store.get("inc-corrupt")  # leased, not dropped: fired again once readable
+    assert kept is not None
+    assert kept.sequence == 1
+
+
 async def test_event_handled_while_firing_keeps_the_sequence_moving(
     redis: Redis,
     broker: RedisBroker,
