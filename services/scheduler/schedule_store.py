@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.scheduler.cadence import DueItem, ScheduleItem, ceil_ms, floor_ms
 from shared.errors import RetryableFailure
+from shared.redis_batches import CoalescedCalls
 from shared.redis_values import as_text
 from shared.streams import SCHEDULE_DUE, SCHEDULE_ITEMS
 
@@ -84,6 +85,7 @@ class ScheduleStore(Generic[ItemT]):
         self._items_key = items_key
         self._claim = redis.register_script(_CLAIM)
         self._cas = redis.register_script(_COMPARE_AND_SET)
+        self._writes = CoalescedCalls(redis)  # the writes of concurrent fires, pipelined
 
     def _parse(self, raw: str | bytes) -> ItemT | None:
         return self._type.model_validate_json(raw) if raw else None
@@ -144,9 +146,10 @@ class ScheduleStore(Generic[ItemT]):
         expected_raw: str,
         item: ItemT | None,
     ) -> bool:
-        written = await self._cas(
-            keys=[self._due_key, self._items_key],
-            args=[
+        written = await self._writes.script(
+            self._cas,
+            [self._due_key, self._items_key],
+            [
                 incident_id,
                 "" if expected_score is None else expected_score,
                 expected_raw,
