@@ -157,6 +157,7 @@ class DeliveryWorker:
             # One owner token per claim: a reclaim in this same process is another owner.
             owner = f"{self._owner}/{uuid.uuid4().hex[:12]}"
             unsubscribed = self._look_up_unsubscribed(job)  # in the claim's round trip
+            self._records.prefetch(job.event_id, job.audience, job.channel)  # and this
             claim = await self._states.claim(job.delivery_id, owner, job.expects)
             if claim.kind is ClaimKind.BUSY:
                 raise InProgressElsewhere(f"delivery {job.delivery_id} is being sent elsewhere")

@@ -45,17 +45,36 @@ class CachedRecords:
     async def load(self, event_id: str, audience: str, channel: str) -> Loaded:
         """What :meth:`DispatchRecords.load` answers, at most ``ttl`` seconds old."""
         key = (event_id, audience, channel)
-        kept = self._kept.get(key)
+        kept = self._fresh(key)
         if kept is not None:
-            if self._monotonic() - kept[0] < self._ttl:
-                return kept[1]
-            del self._kept[key]
+            return kept
+        loading = self._start(key)
+        return await asyncio.shield(loading)  # a cancelled job leaves the load to the others
+
+    def prefetch(self, event_id: str, audience: str, channel: str) -> None:
+        """Start loading the record unless it is kept or loading: a job that asks for it
+        while it claims its delivery gets it without a round trip of its own. A failed
+        load is only forgotten (the next :meth:`load` tries again)."""
+        key = (event_id, audience, channel)
+        if self._fresh(key) is None:
+            self._start(key)
+
+    def _fresh(self, key: _Key) -> tuple[Incident, Rendering] | None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        if self._monotonic() - kept[0] < self._ttl:
+            return kept[1]
+        del self._kept[key]
+        return None
+
+    def _start(self, key: _Key) -> asyncio.Future[Loaded]:
         loading = self._loading.get(key)
         if loading is None:  # one load, shared by every job that asks meanwhile
-            loading = asyncio.ensure_future(self._records.load(event_id, audience, channel))
+            loading = asyncio.ensure_future(self._records.load(*key))
             self._loading[key] = loading
             loading.add_done_callback(lambda done: self._loaded(key, done))
-        return await asyncio.shield(loading)  # a cancelled job leaves the load to the others
+        return loading
 
     def _loaded(self, key: _Key, done: asyncio.Future[Loaded]) -> None:
         del self._loading[key]

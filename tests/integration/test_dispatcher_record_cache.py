@@ -90,3 +90,44 @@ async def test_only_the_most_recent_records_are_kept(redis: Redis) -> None:
         await cached.load(event, "customers", "email")
 
     assert records.loads == 4  # ev-1 was pushed out by ev-3, and loaded again
+
+
+async def test_a_prefetched_record_is_loaded_once_for_the_job_that_asks(redis: Redis) -> None:
+    records = CountedRecords(redis, 60)
+    await records.save("ev-1", INCIDENT, {("customers", "email"): EMAIL})
+    cached = CachedRecords(records)
+
+    cached.prefetch("ev-1", "customers", "email")
+    cached.prefetch("ev-1", "customers", "email")  # already loading: no second load
+
+    assert await cached.load("ev-1", "customers", "email") == (INCIDENT, EMAIL)
+    cached.prefetch("ev-1", "customers", "email")  # kept: nothing to do
+    assert await cached.load("ev-1", "customers", "email") == (INCIDENT, EMAIL)
+    assert records.loads == 1
+
+
+class FlakyRecords(CountedRecords):
+    """Its first load fails (a dropped connection), later ones work."""
+
+    async def load(
+        self, event_id: str, audience: str, channel: str
+    ) -> tuple[Incident, Rendering] | None:
+        if self.loads == 0:
+            self.loads += 1
+            raise ConnectionError("the server went away")
+        return await super().load(event_id, audience, channel)
+
+
+async def test_a_failed_prefetch_is_forgotten_and_the_next_load_tries_again(
+    redis: Redis,
+) -> None:
+    records = FlakyRecords(redis, 60)
+    await records.save("ev-1", INCIDENT, {("customers", "email"): EMAIL})
+    cached = CachedRecords(records)
+
+    cached.prefetch("ev-1", "customers", "email")
+    with pytest.raises(ConnectionError):  # the job shares the prefetch, and its failure
+        await cached.load("ev-1", "customers", "email")
+
+    assert await cached.load("ev-1", "customers", "email") == (INCIDENT, EMAIL)
+    assert records.loads == 2
