@@ -59,7 +59,7 @@ class Options:
     rates: tuple[float, ...] = (10, 50, 200)
     duration: float = 10.0  # seconds of sending per rate
     drain_timeout: float = 180.0
-    warmup: int = 10  # incidents sent (and delivered) before measuring
+    warmup: int = 40  # incidents sent (and delivered) before measuring: every worker warm
 
 
 QUICK = Options(duration=1.0, drain_timeout=60.0, warmup=5)
@@ -228,7 +228,7 @@ async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioR
             flush=True,
         )
         for _, phase in phases:
-            await phase.run(5, options.warmup, options.drain_timeout)
+            await phase.run(10, options.warmup, options.drain_timeout)
         for rate in options.rates:
             count = max(1, round(rate * options.duration))
             for target, phase in phases:

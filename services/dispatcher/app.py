@@ -165,6 +165,7 @@ def create_app(
                 approvals=approvals,
                 delivery_log=delivery_log,
             )
+            dispatcher.warm_up()  # before the consumers start
             batched = subscribe(broker, redis, settings, dispatcher, worker)
             app.state.dispatcher = DispatcherState(
                 settings=settings,

@@ -83,6 +83,11 @@ class Dispatcher:
         self._log = delivery_log or DeliveryLog(redis)
         self._subscriptions = SubscriptionStore(redis, clock)
 
+    def warm_up(self) -> None:
+        """Compile the templates before the first event needs them."""
+        compiled = self._renderer.engine.warm()
+        log.debug("templates.compiled", templates=compiled)
+
     async def handle_incident_event(self, event: IncidentEvent, attempt: int) -> None:
         await self._dispatch(event, event.incident, attempt)
 
