@@ -22,7 +22,7 @@ def worker_app(on_fatal: FatalHook) -> FastAPI:
     """The app of one worker process, from the settings in its environment."""
     from services.dispatcher.app import create_app  # noqa: PLC0415  (in the workers only)
 
-    return create_app(worker_settings(), on_fatal=on_fatal)
+    return create_app(worker_settings(), on_fatal=on_fatal, freeze_after_start=True)
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     from services.dispatcher.app import create_app  # noqa: PLC0415  (a supervisor of workers does without)
 
     serve(
-        lambda on_fatal: create_app(settings, on_fatal=on_fatal),
+        lambda on_fatal: create_app(settings, on_fatal=on_fatal, freeze_after_start=True),
         settings.dispatcher_host,
         settings.dispatcher_port,
     )

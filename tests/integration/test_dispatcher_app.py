@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,6 +216,19 @@ async def test_without_ops_token_ops_endpoints_answer_loopback_clients(
     assert response.json()["deliveries"] == []
     assert approvals.status_code == 200
     assert approvals.json() == []
+
+
+async def test_a_service_process_hands_what_start_up_built_to_the_frozen_generation(
+    redis: Redis, settings: Settings
+) -> None:
+    frozen_before = gc.get_freeze_count()
+    app = create_app(settings, ManualClock(NOW), plan=PLAN, freeze_after_start=True)
+    try:
+        async with running(app, "http://dispatcher") as http:
+            assert (await http.get("/readyz")).status_code == 200
+            assert gc.get_freeze_count() > frozen_before
+    finally:
+        gc.unfreeze()  # the test process collects as before
 
 
 async def test_a_vanished_consumer_group_makes_the_dispatcher_ask_for_a_restart(
