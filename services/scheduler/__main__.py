@@ -21,6 +21,7 @@ def main() -> None:
         lambda on_fatal: create_app(settings, on_fatal=on_fatal),
         settings.scheduler_host,
         settings.scheduler_port,
+        freeze_startup=True,  # full collections of the modules' objects paused the ticks
     )
 
 
