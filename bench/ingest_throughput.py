@@ -149,6 +149,12 @@ def _print(row: dict[str, Any]) -> None:
     )
 
 
+def _best(rows: list[dict[str, Any]], target: str, alerts: int, by: str) -> dict[str, Any] | None:
+    """The run of ``target`` with ``alerts``-alert requests that has the most ``by``."""
+    runs = [r for r in rows if r["target"] == target and r["alerts_per_request"] == alerts]
+    return max(runs, key=lambda r: float(r[by])) if runs else None
+
+
 def _figures(rows: list[dict[str, Any]], options: Options) -> list[Figure]:
     def find(target: str, alerts: int, c: int) -> dict[str, Any] | None:
         return next(
@@ -175,27 +181,17 @@ def _figures(rows: list[dict[str, Any]], options: Options) -> list[Figure]:
                     target,
                 )
             )
-        single = [r for r in rows if r["target"] == SINGLE and r["alerts_per_request"] == alerts]
-        if single:
-            best = max(single, key=lambda r: r["alerts_per_second"])
-            figures.append(
-                Figure(
-                    NAME,
-                    f"one ingest process, {alerts}-alert requests, best of the sweep",
-                    f"{_cell(best)} at {best['concurrency']} connections",
-                )
+        if single := _best(rows, SINGLE, alerts, "alerts_per_second"):
+            measure = f"one ingest process, {alerts}-alert requests, best of the sweep"
+            text = f"{_cell(single)} at {single['concurrency']} connections"
+            figures.append(Figure(NAME, measure, text))
+        if ceiling := _best(rows, "sink", alerts, "requests_per_second"):
+            measure = f"client ceiling (trivial sink), {alerts}-alert requests"
+            text = (
+                f"{ceiling['requests_per_second']:,.0f} req/s at {ceiling['concurrency']} "
+                f"connections, client CPU {ceiling['client_cpu_share']:.0%}"
             )
-        sink = [r for r in rows if r["target"] == "sink" and r["alerts_per_request"] == alerts]
-        if sink:
-            best = max(sink, key=lambda r: r["requests_per_second"])
-            figures.append(
-                Figure(
-                    NAME,
-                    f"client ceiling (trivial sink), {alerts}-alert requests",
-                    f"{best['requests_per_second']:,.0f} req/s at {best['concurrency']} "
-                    f"connections, client CPU {best['client_cpu_share']:.0%}",
-                )
-            )
+            figures.append(Figure(NAME, measure, text))
     dedup = [r for r in rows if r["target"].endswith("dedup")]
     if dedup:
         clarion = next((r for r in dedup if r["target"].startswith("clarion")), None)
