@@ -69,8 +69,14 @@ def _refuse_lone_surrogates(value: Any) -> None:
 
 
 def validate(model: type[M], data: Any) -> M:
-    """``data`` as ``model``, or :class:`InvalidPayload` naming each bad field."""
+    """``data`` as ``model``, or :class:`InvalidPayload` naming each bad field.
+
+    Fields are read by the names a sender writes (their aliases, ``valueString``),
+    never by the Python names the models also accept in code (``value_string``): an
+    unknown key that happens to be a Python name is ignored like any other, as the
+    published schema says (a fuzzer sent ``value_string`` with a list in it, and got 422).
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise InvalidPayload(field_errors(exc)) from exc

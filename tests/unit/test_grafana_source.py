@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from services.ingest.body import validate
 from services.ingest.severity import configured
 from services.ingest.sources.grafana import (
     SEVERITIES,
@@ -119,6 +120,18 @@ def test_any_group_state_is_accepted(state: object) -> None:
 
     assert model(data).state == state
     assert len(parse(model(data))) == 2
+
+
+def test_a_key_spelled_as_a_python_field_name_is_an_unknown_key() -> None:
+    """Senders write ``valueString``; ``value_string`` is nobody's field on the wire, so
+    it is ignored like any unknown key (the published schema allows extra keys)."""
+    data = webhook()
+    data["alerts"][0].pop("valueString", None)
+    data["alerts"][0]["value_string"] = [{"not": "a string"}, 3]
+
+    annotations = parse(validate(GrafanaWebhook, data))[0].annotations
+
+    assert "value_string" not in annotations
 
 
 def test_grafana_9_value_string_and_links_become_annotations() -> None:
