@@ -33,7 +33,5 @@ def parse_incident(raw: bytes | str | None) -> Incident | None:
 async def recent_incidents(redis: Redis, limit: int = 50) -> list[Incident]:
     """The newest ``limit`` incidents, newest first."""
     ids = await redis.zrevrange(INCIDENTS_BY_TIME, 0, limit - 1)
-    if not ids:
-        return []
-    raws = await redis.mget([incident_key(as_text(i)) for i in ids])
-    return [Incident.model_validate_json(raw) for raw in raws if raw]
+    raws = await stored_incidents(redis, [as_text(i) for i in ids])
+    return [incident for raw in raws if (incident := parse_incident(raw)) is not None]
