@@ -170,7 +170,6 @@ class GuardedConsumer(Generic[T]):
     _handled: list[str] = field(default_factory=list, init=False, repr=False)
     _acking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _closing: bool = field(default=False, init=False, repr=False)
-    _closed: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -257,7 +256,7 @@ class GuardedConsumer(Generic[T]):
     def close(self) -> None:
         """Start no new entry from here on (a batch being started stops at once)."""
         self._closing = True
-        self._closed_event().set()
+        self._slots_for().release()  # wakes a batch waiting for a slot; it passes it on
 
     async def drain(self, grace: float) -> None:
         """Start nothing more; give the entries in flight ``grace`` seconds to finish,
@@ -273,27 +272,18 @@ class GuardedConsumer(Generic[T]):
             await asyncio.gather(self._acking, return_exceptions=True)
 
     async def _take_slot(self) -> bool:
-        """Wait for a free slot and take it; False (and no slot) once closing."""
-        slots = self._slots_for()
+        """Wait for a free slot and take it; False (and no slot) once closing.
+
+        Waiting is a plain acquire (no task per entry): :meth:`close` releases one slot
+        more, and whoever takes a slot after closing hands it on, so every waiter wakes."""
         if self._closing:
             return False
-        if not slots.locked():
-            await slots.acquire()  # free: returns at once
-            return True
-        taking = asyncio.ensure_future(slots.acquire())
-        closed = asyncio.ensure_future(self._closed_event().wait())
-        try:
-            await asyncio.wait({taking, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            if self._closing and not taking.cancel():  # it got the slot meanwhile
-                slots.release()
-        return not self._closing
-
-    def _closed_event(self) -> asyncio.Event:
-        if self._closed is None:
-            self._closed = asyncio.Event()
-        return self._closed
+        slots = self._slots_for()
+        await slots.acquire()
+        if self._closing:
+            slots.release()
+            return False
+        return True
 
     def _slots_for(self) -> asyncio.Semaphore:
         if self._slots is None:

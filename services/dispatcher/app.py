@@ -99,6 +99,14 @@ async def _stop_consuming(broker: RedisBroker, batched: Sequence[GuardedConsumer
     await asyncio.gather(*(consumer.drain(left) for consumer in batched))
 
 
+def close_at_exit(stack: AsyncExitStack, drivers: Mapping[str, Channel]) -> None:
+    """The drivers that keep sessions (SMTP) close them when ``stack`` closes."""
+    for driver in drivers.values():
+        closing = getattr(driver, "aclose", None)
+        if closing is not None:
+            stack.push_async_callback(closing)
+
+
 def create_app(
     settings: Settings,
     clock: Clock | None = None,
@@ -148,10 +156,7 @@ def create_app(
             retention = int(settings.idempotency_retention.total_seconds())
             states = DeliveryStates(redis, settings.idempotency_lease_ms, retention)
             drivers = channels(context)
-            for driver in drivers.values():  # kept sessions (SMTP) close at shutdown
-                closing = getattr(driver, "aclose", None)
-                if closing is not None:
-                    stack.push_async_callback(closing)
+            close_at_exit(stack, drivers)
             worker = DeliveryWorker(
                 redis,
                 the_clock,
@@ -163,6 +168,7 @@ def create_app(
                 policy=RetryPolicy.of(settings),
                 delivery_log=delivery_log,
             )
+            stack.push_async_callback(worker.aclose)  # after the drain, before Redis closes
             dispatcher = Dispatcher(
                 redis,
                 settings,

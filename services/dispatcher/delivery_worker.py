@@ -15,19 +15,16 @@ and the rendering a fan-out's jobs all send is loaded once (:mod:`.record_cache`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.outbox import OutboxWriter
@@ -49,6 +46,7 @@ from services.dispatcher.fanout import (
     Delivery,
     idempotency_key,
 )
+from services.dispatcher.lease_keeper import LeaseKeeper
 from services.dispatcher.rate_limits import RateLimits
 from services.dispatcher.record_cache import CachedRecords
 from services.dispatcher.rendering.messages import RenderedMessage
@@ -137,6 +135,7 @@ class DeliveryWorker:
         self._channels = channels
         self._owner = owner
         self._states = states
+        self._leases = LeaseKeeper(lambda: states.renew, states.lease_ms)
         self._records = CachedRecords(records)
         self._limits = limits
         self._policy = policy
@@ -165,6 +164,10 @@ class DeliveryWorker:
                 log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
                 return
             await self._attempt(job, claim, owner, unsubscribed)
+
+    async def aclose(self) -> None:
+        """Renew no lease any more (at shutdown, once the sends in flight are drained)."""
+        await self._leases.aclose()
 
     async def give_up(self, job: DeliveryJob, error: str) -> None:
         """The job itself kept failing (not the provider): record it DEAD. Its entry is in
@@ -208,7 +211,7 @@ class DeliveryWorker:
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
         clock_start = time.perf_counter()
-        async with self._lease_kept(job, turn):
+        with self._leases.kept(job.delivery_id, turn.owner):  # renewed while it runs
             outcome, note = await self._send(channel, rendering, delivery)
         latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
         duplicate = claim.interrupted and not (channel is not None and channel.idempotent)
@@ -239,36 +242,6 @@ class DeliveryWorker:
                 await self._failed_for_now(job, started, turn, outcome, facts)
             case NotConfigured():  # the outbox itself never answers "not configured"
                 raise AssertionError("unreachable")
-
-    @asynccontextmanager
-    async def _lease_kept(self, job: DeliveryJob, turn: _Turn) -> AsyncIterator[None]:
-        """Renew the claim's lease while a send runs, so a slow provider is never mistaken
-        for a dead worker (and sent to again).
-
-        The renewer is told to stop, not cancelled: a cancellation that lands inside a
-        Redis call can be lost in the client (redis-py 8 does lose them), and a renewer
-        that kept going would hold the lease, and this delivery, for ever."""
-        stopped = asyncio.Event()
-
-        async def renew() -> None:
-            every = max(self._states.lease_ms / 3000, 0.05)
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopped.wait(), timeout=every)
-                if stopped.is_set():
-                    return
-                try:
-                    if not await self._states.renew(job.delivery_id, turn.owner):
-                        return
-                except RedisError as exc:  # the next renewal may work; the lease still runs
-                    log.warning("delivery.lease_renewal_failed", error=str(exc))
-
-        renewing = asyncio.create_task(renew())
-        try:
-            yield
-        finally:
-            stopped.set()
-            await renewing  # at most one renewal in flight, bounded by the socket timeout
 
     async def _send(
         self, channel: Channel | None, message: RenderedMessage, delivery: Delivery

@@ -206,3 +206,34 @@ async def _none_pending(redis: Redis) -> bool:
 
 async def _pending_is(redis: Redis, count: int) -> bool:
     return await _pending(redis) == count
+
+
+async def test_closing_wakes_a_batch_waiting_for_a_slot_and_starts_nothing_more(
+    redis: Redis,
+) -> None:
+    handler = Handler(gated=True)
+    consumer: GuardedConsumer[dict[str, Any]] = GuardedConsumer(
+        redis=redis,
+        stream=STREAM,
+        group=GROUP,
+        decode=_decode,
+        handle=handler.handle,
+        max_deliveries=3,
+        max_workers=1,
+        batch=8,
+    )
+    entries = [
+        (json.dumps({"n": n}).encode(), StreamEntry(STREAM, GROUP, f"{n + 1}-0", 1))
+        for n in range(3)
+    ]
+    starting = asyncio.create_task(consumer.process_batch(entries))
+    await eventually(lambda: _running(handler, 1), what="the one worker busy")
+    assert not starting.done()  # the second entry waits for the slot
+
+    consumer.close()
+    await asyncio.wait_for(starting, timeout=5.0)  # woken, and it starts nothing more
+    handler.gate.set()
+    await consumer.drain(5.0)
+
+    assert handler.handled == [0]
+    assert handler.peak == 1

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from services.dispatcher.channels import Channel
 from services.dispatcher.channels.context import DriverContext
 from services.dispatcher.channels.email import build_email_channel
+from services.dispatcher.delivery_worker import DeliveryWorker
 from services.dispatcher.fanout import delivery_id_for, idempotency_key
 from shared.clock import ManualClock
 from shared.contracts import DeliveryJob, DeliveryRecorded, DeliveryStatus
@@ -125,6 +126,7 @@ async def pipeline_for(
     environ = {"MASTODON_TOKEN": MASTODON_TOKEN, "SLACK_WEBHOOK_URL": provider.url + SLACK_HOOK}
     plan = plan_for(provider)
     opened: list[Channel] = []
+    workers: list[DeliveryWorker] = []
 
     def build(owner: str = "worker-a", **overrides: Any) -> Pipeline:
         values: dict[str, Any] = {
@@ -139,7 +141,7 @@ async def pipeline_for(
         context = DriverContext(settings, plan, http, redis, clock, environ)
         email = build_email_channel(context)
         opened.append(email)
-        return build_pipeline(
+        built = build_pipeline(
             redis,
             settings,
             plan,
@@ -149,8 +151,12 @@ async def pipeline_for(
             http=http,
             uniform=upper,
         )
+        workers.append(built.worker)
+        return built
 
     yield build
+    for worker in workers:  # no lease renewal outlives the test's Redis client
+        await worker.aclose()
     for channel in opened:
         closing = getattr(channel, "aclose", None)
         if closing is not None:

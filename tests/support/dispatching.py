@@ -182,6 +182,7 @@ class Pipeline:
         return list(reversed(await DeliveryLog(self.redis).recent(limit=1000)))
 
     async def aclose(self) -> None:
+        await self.worker.aclose()
         for driver in self.drivers.values():  # kept sessions (SMTP) close
             closing = getattr(driver, "aclose", None)
             if closing is not None:
