@@ -110,6 +110,23 @@ async def as_message(msg: StreamMessage[Any]) -> StreamMessage[Any]:
     return msg
 
 
+async def parse_batch_unread(
+    raw: dict[str, Any],
+    default: Callable[[dict[str, Any]], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's message for a batch read, without its body (for guarded batches).
+
+    FastStream's own parser JSON-decodes every entry and encodes them all again as the
+    batch's body: two passes over each entry that nothing reads, since
+    :meth:`GuardedConsumer.process` decodes each entry from the raw message. The
+    batch's message is made from the read with no entries (its headers, ids, consumer
+    and group as FastStream makes them), then given the real read as its raw message.
+    """
+    message = await default({**raw, "data": []})
+    message.raw_message = raw
+    return message
+
+
 @dataclass(frozen=True)
 class StreamEntry:
     """Where a message came from, for logs and dead letters."""
@@ -349,6 +366,7 @@ class GuardedConsumer(Generic[T]):
         broker.subscriber(
             stream=reader,
             title=f"{self.stream}:{self.group}",
+            parser=parse_batch_unread,
             decoder=as_message,
             ack_policy=AckPolicy.MANUAL,  # each entry is acked when it is handled
         )(on_batch)
