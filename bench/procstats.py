@@ -79,6 +79,26 @@ def family_rss_mb(pid: int | None) -> float | None:
     return round(sum(sizes), 1) if sizes else None
 
 
+def pss_mb(pid: int) -> float | None:
+    """Proportional resident memory now (Pss, MB): pages shared with other processes (the
+    interpreter, libraries) count as a share each, so the sum over processes is what they
+    hold together, where the sum of RSS counts each shared page once per process."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("Pss:"):
+            return round(float(line.split()[1]) / 1024, 1)
+    return None
+
+
+def family_pss_mb(pid: int | None) -> float | None:
+    """Proportional resident memory now of ``pid`` and its live descendants together, MB."""
+    sizes = [mb for member in family(pid) if (mb := pss_mb(member)) is not None]
+    return round(sum(sizes), 1) if sizes else None
+
+
 def family_peak_rss_mb(pid: int | None) -> dict[int, float]:
     """The peak resident memory (VmHWM, MB) of ``pid`` and each live descendant."""
     peaks = {member: peak_rss_mb(member) for member in family(pid)}

@@ -14,6 +14,7 @@ done in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -154,12 +155,13 @@ class Dispatcher:
         self, event: DispatchEvent, incident: Incident, attempt: int, *, approved: bool = False
     ) -> None:
         marker = fanned_out_key(f"{event.event_id}:{'approved' if approved else 'event'}")
-        if await self._redis.exists(marker):
+        done_before, subscribers = await asyncio.gather(  # side by side: one wait, not two
+            self._redis.exists(marker), self._subscribers(event, incident)
+        )
+        if done_before:
             log.info("fanout.done_before", event_id=event.event_id, approved=approved)
             return
-        deliveries = plan_deliveries(
-            event, incident, self._plan, await self._subscribers(event, incident)
-        )
+        deliveries = plan_deliveries(event, incident, self._plan, subscribers)
         if approved:
             sending = [d for d in deliveries if d.needs_approval]
         else:

@@ -185,3 +185,29 @@ async def test_resolver_failures_are_told_apart(
         await pinned("https://nowhere.example/hook")
     with pytest.raises(ResolutionFailed, match="resolver says no"):
         await pinned("https://flaky.example/hook")
+
+
+async def test_an_address_written_as_one_is_checked_without_a_lookup(
+    dns: Callable[[Mapping[str, Sequence[str]]], list[str]],
+) -> None:
+    asked = dns({})
+
+    target = await pinned("https://93.184.216.34:8443/hook")
+    with pytest.raises(AddressRefused, match="loopback"):
+        await pinned("http://[::1]/hook")
+
+    assert asked == []
+    assert target.address == ipaddress.ip_address("93.184.216.34")
+    assert target.headers["Host"] == "93.184.216.34:8443"
+
+
+async def test_plain_http_keeps_its_connection_and_https_closes_it(
+    dns: Callable[[Mapping[str, Sequence[str]]], list[str]],
+) -> None:
+    dns({"hooks.example.com": ["93.184.216.34"]})
+
+    plain = await pinned("http://hooks.example.com/in")
+    secure = await pinned("https://hooks.example.com/in")
+
+    assert "Connection" not in plain.headers  # nothing is bound to a plain connection
+    assert secure.headers["Connection"] == "close"  # its TLS was checked for one name

@@ -16,6 +16,8 @@ Before such a request goes out:
    for the original name in TLS SNI and certificate checks. A second DNS answer
    (DNS rebinding) can therefore never redirect the request elsewhere.
 
+An address written as one, the standard way, is checked as it is, without a lookup.
+
 Redirects are never followed by the shared client; callers treat a 3xx as final.
 """
 
@@ -136,6 +138,19 @@ async def resolve(host: str, port: int, *, dns_timeout: float) -> list[IPAddress
     return addresses
 
 
+def _canonical_literal(host: str) -> IPAddress | None:
+    """``host`` as an address when it is one written the standard way (``192.0.2.7``,
+    ``2001:db8::1``), which the resolver would only echo: no lookup, no thread. Any
+    other spelling (``127.1``, ``0x7f.1``, a zone) is left to the resolver, which
+    reads them as the C library does."""
+    if "%" in host:
+        return None
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _host_header(url: httpx.URL) -> str:
     host = url.raw_host.decode("ascii")
     if ":" in host:  # an IPv6 literal
@@ -162,7 +177,8 @@ async def pin(url: str | httpx.URL, *, allow_private: bool, dns_timeout: float) 
     if not host:
         raise AddressRefused("the URL has no host")
     port = parsed.port or DEFAULT_PORTS[parsed.scheme]
-    addresses = await resolve(host, port, dns_timeout=dns_timeout)
+    literal = _canonical_literal(host)
+    addresses = [literal] if literal else await resolve(host, port, dns_timeout=dns_timeout)
     if not allow_private:
         for address in addresses:
             reason = address_refusal(address)
@@ -172,16 +188,15 @@ async def pin(url: str | httpx.URL, *, allow_private: bool, dns_timeout: float) 
                     "to allow private destinations"
                 )
     address = addresses[0]
-    headers = {
-        "Host": _host_header(parsed),
-        # The pinned connection is pooled under the address, not the name: never let a
-        # later request for another name on the same address reuse it (its TLS session
-        # was checked against this name only).
-        "Connection": "close",
-    }
+    headers = {"Host": _host_header(parsed)}
     extensions: dict[str, Any] = {}
     if parsed.scheme == "https":
         extensions["sni_hostname"] = host
+        # The pinned connection is pooled under the address, not the name: never let a
+        # later request for another name on the same address reuse it (its TLS session
+        # was checked against this name only). Plain HTTP binds nothing to the
+        # connection: it is kept, as any client keeps one per address and port.
+        headers["Connection"] = "close"
     return PinnedTarget(
         url=parsed.copy_with(host=str(address)),
         host=host,
