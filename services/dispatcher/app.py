@@ -164,7 +164,7 @@ def create_app(
                 owner=settings.consumer_name,
                 states=states,
                 records=DispatchRecords(redis, retention),
-                limits=RateLimits(redis, rate_limits),
+                limits=RateLimits(redis, rate_limits, states.calls),
                 policy=RetryPolicy.of(settings),
                 delivery_log=delivery_log,
             )

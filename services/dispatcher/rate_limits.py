@@ -23,6 +23,7 @@ from typing import Final
 from limits import RateLimitItem, parse_many
 from redis.asyncio import Redis
 
+from shared.redis_batches import CoalescedCalls
 from shared.streams import DELIVERY_CHANNELS, PREFIX
 
 _KEY: Final = f"{PREFIX}:rate:{{scope}}:{{index}}"
@@ -92,9 +93,17 @@ def parse_rate_limits(entries: Iterable[str]) -> dict[str, tuple[Limit, ...]]:
 
 
 class RateLimits:
-    def __init__(self, redis: Redis, limits: Mapping[str, tuple[Limit, ...]]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        limits: Mapping[str, tuple[Limit, ...]],
+        calls: CoalescedCalls | None = None,
+    ) -> None:
+        """``calls``: where the checks go, to share round trips with other calls (each
+        check is its own round trip without)."""
         self._limits = limits
         self._acquire = redis.register_script(_ACQUIRE)
+        self._calls = calls
 
     async def acquire(self, channel: str, recipient: str) -> timedelta | None:
         """Count one send on ``channel`` to ``recipient``: None when allowed now, else how
@@ -110,5 +119,8 @@ class RateLimits:
         args: list[float] = []
         for limit in limits:
             args += [limit.interval_ms, limit.period_ms]
-        wait_ms = int(await self._acquire(keys=keys, args=args))
+        if self._calls is not None:
+            wait_ms = int(await self._calls.script(self._acquire, keys=keys, args=args))
+        else:
+            wait_ms = int(await self._acquire(keys=keys, args=args))
         return None if wait_ms <= 0 else timedelta(milliseconds=wait_ms)

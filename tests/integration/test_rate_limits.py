@@ -7,6 +7,7 @@ pins the script's clock to a hash the test sets.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from services.dispatcher import rate_limits
 from services.dispatcher.rate_limits import RateLimits, parse_rate_limits
+from shared.redis_batches import CoalescedCalls
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +79,20 @@ async def test_the_wait_is_that_of_the_longest_refusing_limit(redis: Redis) -> N
     assert await limits.acquire("sms", ALICE) is None
 
     assert about(await limits.acquire("sms", ALICE), timedelta(hours=1))
+
+
+async def test_checks_sent_with_other_calls_share_the_budget_and_its_refusals(
+    redis: Redis,
+) -> None:
+    calls = CoalescedCalls(redis)
+    shared = RateLimits(redis, parse_rate_limits(["sms=3/hour"]), calls)
+    alone = limiter(redis, ["sms=3/hour"])
+
+    together = await asyncio.gather(*(shared.acquire("sms", ALICE) for _ in range(3)))
+
+    assert together == [None, None, None]  # three checks in one round trip, all counted
+    assert about(await alone.acquire("sms", BOB), timedelta(minutes=20))
+    assert about(await shared.acquire("sms", CAROL), timedelta(minutes=20))
 
 
 async def test_two_instances_share_one_budget(redis: Redis) -> None:

@@ -236,7 +236,7 @@ def build_pipeline(
         owner=settings.consumer_name,
         states=states,
         records=DispatchRecords(redis, retention),
-        limits=RateLimits(redis, parse_rate_limits(settings.rate_limits)),
+        limits=RateLimits(redis, parse_rate_limits(settings.rate_limits), states.calls),
         policy=RetryPolicy.of(settings),
         delivery_log=delivery_log,
         uniform=uniform,
