@@ -261,13 +261,12 @@ class IncidentStore:
 
         ``stored`` is ``incident`` as JSON: written into the events that carry it.
         """
-        correlation_id = self._broker.config.id_generator
         return [
             await self._broker.message_format.encode(
                 message=event_json(promised(event, self._plan), incident, stored),
                 reply_to=None,
                 headers=JSON_HEADERS,
-                correlation_id=correlation_id(),
+                correlation_id=event.event_id,  # what it is about, and no uuid4 per event
             )
             for event in events
         ]
