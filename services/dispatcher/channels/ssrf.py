@@ -178,7 +178,9 @@ async def pin(url: str | httpx.URL, *, allow_private: bool, dns_timeout: float) 
         raise AddressRefused("the URL has no host")
     port = parsed.port or DEFAULT_PORTS[parsed.scheme]
     literal = _canonical_literal(host)
-    addresses = [literal] if literal else await resolve(host, port, dns_timeout=dns_timeout)
+    addresses = (
+        [literal] if literal is not None else await resolve(host, port, dns_timeout=dns_timeout)
+    )
     if not allow_private:
         for address in addresses:
             reason = address_refusal(address)
