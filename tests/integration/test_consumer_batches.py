@@ -58,6 +58,26 @@ def _decode(body: bytes) -> dict[str, Any]:
     return value
 
 
+def batch_consumer(
+    redis: Redis,
+    handler: Handler,
+    max_workers: int,
+    acknowledge: Callable[[Sequence[str]], Awaitable[object]] | None = None,
+) -> GuardedConsumer[dict[str, Any]]:
+    """A consumer of the test stream reading 8 entries at once, 3 deliveries at most."""
+    return GuardedConsumer(
+        redis=redis,
+        stream=STREAM,
+        group=GROUP,
+        decode=_decode,
+        handle=handler.handle,
+        max_deliveries=3,
+        max_workers=max_workers,
+        batch=8,
+        acknowledge=acknowledge,
+    )
+
+
 Started = tuple[GuardedConsumer[dict[str, Any]], RedisBroker]
 
 
@@ -81,17 +101,7 @@ async def batches(
         if not await redis.exists(STREAM):
             await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         broker = RedisBroker(settings.require_redis_url())
-        consumer: GuardedConsumer[dict[str, Any]] = GuardedConsumer(
-            redis=redis,
-            stream=STREAM,
-            group=GROUP,
-            decode=_decode,
-            handle=handler.handle,
-            max_deliveries=settings.max_deliveries,
-            max_workers=WORKERS,
-            batch=8,
-            acknowledge=acknowledge,
-        )
+        consumer = batch_consumer(redis, handler, WORKERS, acknowledge)
         consumer.subscribe(broker, settings)
         await broker.start()
         brokers.append(broker)
@@ -212,16 +222,7 @@ async def test_closing_wakes_a_batch_waiting_for_a_slot_and_starts_nothing_more(
     redis: Redis,
 ) -> None:
     handler = Handler(gated=True)
-    consumer: GuardedConsumer[dict[str, Any]] = GuardedConsumer(
-        redis=redis,
-        stream=STREAM,
-        group=GROUP,
-        decode=_decode,
-        handle=handler.handle,
-        max_deliveries=3,
-        max_workers=1,
-        batch=8,
-    )
+    consumer = batch_consumer(redis, handler, max_workers=1)
     entries = [
         (json.dumps({"n": n}).encode(), StreamEntry(STREAM, GROUP, f"{n + 1}-0", 1))
         for n in range(3)
