@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -48,17 +49,22 @@ def cpu_seconds(pid: int | None) -> float:
     return total / TICKS
 
 
-def _status_kb(pid: int | None, name: str) -> float | None:
+def _proc_kb(pid: int | None, file: str, name: str) -> float | None:
+    """The ``name:`` line's kB figure in ``/proc/<pid>/<file>`` (status, smaps_rollup)."""
     if pid is None:
         return None
     try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/{file}").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
         if line.startswith(name + ":"):
             return float(line.split()[1])
     return None
+
+
+def _status_kb(pid: int | None, name: str) -> float | None:
+    return _proc_kb(pid, "status", name)
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -73,30 +79,27 @@ def peak_rss_mb(pid: int | None) -> float | None:
     return None if kb is None else round(kb / 1024, 1)
 
 
-def family_rss_mb(pid: int | None) -> float | None:
-    """Resident memory now of ``pid`` and its live descendants together, in MB."""
-    sizes = [mb for member in family(pid) if (mb := rss_mb(member)) is not None]
+def _family_mb(pid: int | None, measure: Callable[[int], float | None]) -> float | None:
+    sizes = [mb for member in family(pid) if (mb := measure(member)) is not None]
     return round(sum(sizes), 1) if sizes else None
 
 
-def pss_mb(pid: int) -> float | None:
+def family_rss_mb(pid: int | None) -> float | None:
+    """Resident memory now of ``pid`` and its live descendants together, in MB."""
+    return _family_mb(pid, rss_mb)
+
+
+def pss_mb(pid: int | None) -> float | None:
     """Proportional resident memory now (Pss, MB): pages shared with other processes (the
     interpreter, libraries) count as a share each, so the sum over processes is what they
     hold together, where the sum of RSS counts each shared page once per process."""
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("Pss:"):
-            return round(float(line.split()[1]) / 1024, 1)
-    return None
+    kb = _proc_kb(pid, "smaps_rollup", "Pss")
+    return None if kb is None else round(kb / 1024, 1)
 
 
 def family_pss_mb(pid: int | None) -> float | None:
     """Proportional resident memory now of ``pid`` and its live descendants together, MB."""
-    sizes = [mb for member in family(pid) if (mb := pss_mb(member)) is not None]
-    return round(sum(sizes), 1) if sizes else None
+    return _family_mb(pid, pss_mb)
 
 
 def family_peak_rss_mb(pid: int | None) -> dict[int, float]:

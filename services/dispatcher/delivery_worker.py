@@ -135,7 +135,7 @@ class DeliveryWorker:
         self._channels = channels
         self._owner = owner
         self._states = states
-        self._leases = LeaseKeeper(lambda: states.renew, states.lease_ms)
+        self._leases = LeaseKeeper(states)
         self._records = CachedRecords(records)
         self._limits = limits
         self._policy = policy

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -29,17 +30,25 @@ from shared.logs import get_logger
 
 log = get_logger("clarion.dispatcher.leases")
 
-Renew = Callable[[str, str], Awaitable[bool]]
-"""(delivery id, owner) -> whether the lease was still the owner's, and is extended."""
+
+class Leases(Protocol):
+    """Where leases live (:class:`~services.dispatcher.delivery_state.DeliveryStates`)."""
+
+    @property
+    def lease_ms(self) -> int: ...
+
+    async def renew(self, delivery_id: str, owner: str) -> bool:
+        """Whether the lease was still ``owner``'s (and is now extended)."""
+        ...
+
 
 MIN_INTERVAL_SECONDS = 0.05
 
 
 class LeaseKeeper:
-    def __init__(self, renew: Callable[[], Renew], lease_ms: int) -> None:
-        """``renew`` gives the renewing call (looked up at each renewal)."""
-        self._renew = renew
-        self._every = max(lease_ms / 3000, MIN_INTERVAL_SECONDS)
+    def __init__(self, leases: Leases) -> None:
+        self._leases = leases
+        self._every = max(leases.lease_ms / 3000, MIN_INTERVAL_SECONDS)
         self._held: dict[str, tuple[str, float]] = {}  # owner -> (delivery id, since)
         self._emptied = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -91,7 +100,7 @@ class LeaseKeeper:
 
     async def _renew_one(self, delivery_id: str, owner: str) -> None:
         try:
-            kept = await self._renew()(delivery_id, owner)
+            kept = await self._leases.renew(delivery_id, owner)
         except (RedisError, OSError) as exc:  # the next renewal may work; the lease still runs
             log.warning("delivery.lease_renewal_failed", error=str(exc))
             return

@@ -15,7 +15,8 @@ LEASE_MS = 150  # a renewal round every 50 ms
 class Renewals:
     """Records renewals; answers whether each lease is still its owner's."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease_ms: int = LEASE_MS) -> None:
+        self.lease_ms = lease_ms
         self.calls: list[tuple[str, str]] = []
         self.lost: set[str] = set()
         self.failing = False
@@ -33,9 +34,24 @@ class Renewals:
         await asyncio.wait_for(self.seen.wait(), timeout=5.0)
 
 
+class SlowRenewals(Renewals):
+    """Each renewal waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.finished: list[str] = []
+
+    async def renew(self, delivery_id: str, owner: str) -> bool:
+        self.seen.set()
+        await self.release.wait()
+        self.finished.append(owner)
+        return True
+
+
 async def test_a_long_send_has_its_lease_renewed_until_it_ends() -> None:
     renewals = Renewals()
-    keeper = LeaseKeeper(lambda: renewals.renew, LEASE_MS)
+    keeper = LeaseKeeper(renewals)
     with keeper.kept("d1", "owner-1"):
         await renewals.next_round()
         await renewals.next_round()
@@ -47,7 +63,7 @@ async def test_a_long_send_has_its_lease_renewed_until_it_ends() -> None:
 
 async def test_a_lease_another_owner_took_is_not_renewed_again() -> None:
     renewals = Renewals()
-    keeper = LeaseKeeper(lambda: renewals.renew, LEASE_MS)
+    keeper = LeaseKeeper(renewals)
     renewals.lost.add("owner-1")
     with keeper.kept("d1", "owner-1"), keeper.kept("d2", "owner-2"):
         await renewals.next_round()
@@ -60,7 +76,7 @@ async def test_a_lease_another_owner_took_is_not_renewed_again() -> None:
 
 async def test_a_failed_renewal_is_tried_again_next_round() -> None:
     renewals = Renewals()
-    keeper = LeaseKeeper(lambda: renewals.renew, LEASE_MS)
+    keeper = LeaseKeeper(renewals)
     renewals.failing = True
     with keeper.kept("d1", "owner-1"):
         await renewals.next_round()
@@ -70,8 +86,8 @@ async def test_a_failed_renewal_is_tried_again_next_round() -> None:
 
 
 async def test_a_send_shorter_than_half_a_round_is_never_renewed() -> None:
-    renewals = Renewals()
-    keeper = LeaseKeeper(lambda: renewals.renew, 60_000)  # rounds every 20 s
+    renewals = Renewals(lease_ms=60_000)  # rounds every 20 s
+    keeper = LeaseKeeper(renewals)
     for n in range(100):
         with keeper.kept(f"d{n}", f"owner-{n}"):
             await asyncio.sleep(0)  # a quick send: noqa: sleep-ok
@@ -80,25 +96,16 @@ async def test_a_send_shorter_than_half_a_round_is_never_renewed() -> None:
 
 
 async def test_closing_waits_for_a_renewal_in_flight_and_starts_no_more() -> None:
-    renewals = Renewals()
-    release = asyncio.Event()
-    finished: list[str] = []
-
-    async def slow_renew(delivery_id: str, owner: str) -> bool:
-        renewals.seen.set()
-        await release.wait()
-        finished.append(owner)
-        return True
-
-    keeper = LeaseKeeper(lambda: slow_renew, LEASE_MS)
+    renewals = SlowRenewals()
+    keeper = LeaseKeeper(renewals)
     with keeper.kept("d1", "owner-1"):
         await renewals.next_round()  # a renewal is in flight
         closing = asyncio.create_task(keeper.aclose())
         await asyncio.sleep(0)  # let aclose start waiting: noqa: sleep-ok
         assert not closing.done()
-        release.set()
+        renewals.release.set()
         await asyncio.wait_for(closing, timeout=5.0)
-    assert finished == ["owner-1"]
+    assert renewals.finished == ["owner-1"]
     with keeper.kept("d2", "owner-2"):  # closed: held, never renewed
         assert await _ended(keeper)
 
