@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from services.dispatcher.channels.asyncio_network import direct_transport
 from services.dispatcher.fanout import Delivery
 from shared.clock import Clock
 from shared.plan import Plan
@@ -39,13 +40,15 @@ class DriverContext:
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one client every driver shares: bounded timeouts, no redirects followed."""
+    """The one client every driver shares: bounded timeouts, no redirects followed, its
+    connections on plain asyncio (:mod:`.asyncio_network`) and made directly: no proxy
+    from the environment, so the address the SSRF guard checked is the one connected to."""
     timeout = httpx.Timeout(
         settings.http_timeout_seconds, connect=settings.http_connect_timeout_seconds
     )
     return httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        transport=direct_transport(httpx.Limits(max_connections=200, max_keepalive_connections=50)),
         headers={"User-Agent": "Clarion (incident communication)"},
     )
