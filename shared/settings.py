@@ -199,6 +199,8 @@ class Settings(BaseSettings):
     retry_max: Duration = timedelta(minutes=10)
     retry_after_max: Duration = timedelta(hours=6)
     channel_concurrency: int = Field(default=16, ge=1, le=1000)
+    # Jobs a worker takes on per channel: claimed and checked while sends are in flight.
+    channel_jobs_in_flight: int = Field(default=64, ge=1, le=10_000)
     rate_limits: CommaSeparated = DEFAULT_RATE_LIMITS
     delivery_log_retention: Duration = timedelta(days=30)
     stream_retention: Duration = timedelta(days=7)

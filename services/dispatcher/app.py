@@ -167,6 +167,7 @@ def create_app(
                 limits=RateLimits(redis, rate_limits, states.calls),
                 policy=RetryPolicy.of(settings),
                 delivery_log=delivery_log,
+                sends_per_channel=settings.channel_concurrency,
             )
             stack.push_async_callback(worker.aclose)  # after the drain, before Redis closes
             dispatcher = Dispatcher(

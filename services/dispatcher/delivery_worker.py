@@ -19,6 +19,7 @@ import math
 import random
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -128,6 +129,7 @@ class DeliveryWorker:
         limits: RateLimits,
         policy: RetryPolicy,
         delivery_log: DeliveryLog,
+        sends_per_channel: int,
         uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self._redis = redis
@@ -142,6 +144,11 @@ class DeliveryWorker:
         self._log = delivery_log
         self._outbox = OutboxWriter(redis, clock)
         self._uniform = uniform
+        # More jobs are in flight than sends: while some wait on Redis (a claim, a finish),
+        # others use the provider connections, whose number stays bounded per channel.
+        self._send_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(sends_per_channel)
+        )
 
     @property
     def calls(self) -> CoalescedCalls:
@@ -204,16 +211,18 @@ class DeliveryWorker:
         if isinstance(rendering, RenderProblem):
             await self._final(job, DeliveryStatus.FAILED, started, turn, error=rendering.error)
             return
-        wait = await self._limits.acquire(job.channel, job.recipient)
+        channel = self._channels.get(job.channel)
+        delivery = _delivery(job, incident)
+        with self._leases.kept(job.delivery_id, turn.owner):  # renewed while it waits, runs
+            async with self._send_slots[job.channel]:
+                wait = await self._limits.acquire(job.channel, job.recipient)  # sent right after
+                if wait is None:
+                    clock_start = time.perf_counter()
+                    outcome, note = await self._send(channel, rendering, delivery)
+                    latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
         if wait is not None:
             await self._defer(job, started, turn, wait)
             return
-        channel = self._channels.get(job.channel)
-        delivery = _delivery(job, incident)
-        clock_start = time.perf_counter()
-        with self._leases.kept(job.delivery_id, turn.owner):  # renewed while it runs
-            outcome, note = await self._send(channel, rendering, delivery)
-        latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
         duplicate = claim.interrupted and not (channel is not None and channel.idempotent)
         if claim.interrupted:
             extra = (

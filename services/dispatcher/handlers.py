@@ -83,6 +83,11 @@ def build_consumers(
     return events, dues, approvals
 
 
+def jobs_in_flight(settings: Settings) -> int:
+    """Jobs taken on per channel: never fewer than the sends that may be in flight."""
+    return max(settings.channel_jobs_in_flight, settings.channel_concurrency)
+
+
 def delivery_consumers(
     redis: Redis, settings: Settings, worker: DeliveryWorker
 ) -> list[GuardedConsumer[DeliveryJob]]:
@@ -110,8 +115,8 @@ def delivery_consumers(
             handle=on_job,
             max_deliveries=settings.max_deliveries,
             on_dead=on_job_dead,
-            max_workers=settings.channel_concurrency,
-            batch=max(settings.max_records, settings.channel_concurrency),
+            max_workers=jobs_in_flight(settings),
+            batch=max(settings.max_records, jobs_in_flight(settings)),
             acknowledge=acknowledge(delivery_stream(channel)),
         )
         for channel in DELIVERY_CHANNELS

@@ -25,7 +25,7 @@ from shared.clock import ManualClock
 from shared.contracts import DeliveryRecorded, DeliveryStatus, IncidentEvent
 from shared.plan import Plan
 from shared.settings import Settings
-from shared.streams import INCIDENT_EVENTS
+from shared.streams import INCIDENT_EVENTS, delivery_state_key
 from tests.support.asgi import running
 from tests.support.builders import T0, make_incident_opened, make_incident_updated
 from tests.support.fake_provider import FakeProvider, Received
@@ -219,3 +219,54 @@ async def test_a_slack_429_does_not_hold_up_email(
         assert retrying.next_attempt_at >= clock.now() + timedelta(seconds=120)
     assert with_status(records, "slack", DeliveryStatus.SENT) == []
     assert len(slack.requests_to("POST", SLACK_HOOK)) == len(EVENTS)
+
+
+async def test_a_slow_provider_gets_at_most_the_concurrency_while_more_jobs_are_taken_on(
+    redis: Redis,
+    redis_url: str,
+    make_settings: Callable[..., Settings],
+    slack: FakeProvider,
+    clock: ManualClock,
+) -> None:
+    events = [
+        make_incident_updated(event_id=f"ev-{n}", occurred_at=T0 + timedelta(minutes=n))
+        for n in range(5)
+    ]
+    settings = make_settings(
+        rate_limits=(),
+        consumer_name="dispatcher-concurrency",
+        polling_interval_ms=1000,
+        idempotency_lease_ms=60_000,
+        reclaim_idle_ms=60_000,
+        channel_concurrency=2,
+        channel_jobs_in_flight=8,
+    )
+    team_only = make_plan(
+        audiences={"team": {"slack": [{"name": "ops", "url_env": "SLACK_WEBHOOK_URL"}]}},
+        routes=[{"name": "team", "audiences": ["team"]}],
+    )
+    release = threading.Event()
+    slack.answer("POST", SLACK_HOOK, 200, body="ok", hold=release)
+    environ = {"SLACK_WEBHOOK_URL": slack.url + SLACK_HOOK}
+    app = create_app(settings, clock, plan=team_only, environ=environ)
+    async with running(app, "http://dispatcher"):
+        await publish(redis_url, *events)
+        await asyncio.to_thread(slack.wait_for_requests, 2, to_slack)
+
+        async def claimed() -> int:  # deliveries a worker holds (an owner on their state)
+            keys = [key async for key in redis.scan_iter(delivery_state_key("*"))]
+            owners = [await redis.hexists(key, "owner") for key in keys]
+            return sum(owners) if sum(owners) == len(events) else 0
+
+        await eventually(claimed, within=20.0, what="every Slack delivery claimed")
+        # All five taken on, two of them at Slack, which holds them: the other three wait.
+        assert len(slack.requests_to("POST", SLACK_HOOK)) == settings.channel_concurrency
+
+        release.set()
+        records = await records_until(
+            redis,
+            lambda rs: len(with_status(rs, "slack", DeliveryStatus.SENT)) == len(events),
+            "every Slack post sent once Slack answers",
+        )
+    assert len(slack.requests_to("POST", SLACK_HOOK)) == len(events)
+    assert all(r.status is DeliveryStatus.SENT for r in records)

@@ -239,6 +239,7 @@ def build_pipeline(
         limits=RateLimits(redis, parse_rate_limits(settings.rate_limits), states.calls),
         policy=RetryPolicy.of(settings),
         delivery_log=delivery_log,
+        sends_per_channel=settings.channel_concurrency,
         uniform=uniform,
     )
     dispatcher = Dispatcher(

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
+from services.dispatcher.handlers import delivery_consumers
 from shared.redis_client import SOCKET_TIMEOUT_SECONDS
 from shared.settings import Settings
 
@@ -70,3 +72,16 @@ def test_a_polling_interval_past_the_redis_socket_timeout_is_refused(
     monkeypatch.setenv("CLARION_POLLING_INTERVAL_MS", str(int(SOCKET_TIMEOUT_SECONDS * 1000)))
     with pytest.raises(ValidationError, match="polling_interval_ms"):
         Settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "jobs", "taken_on"), [(16, 64, 64), (16, 4, 16), (100, 64, 100)]
+)
+def test_jobs_taken_on_per_channel_are_never_fewer_than_the_sends_in_flight(
+    concurrency: int, jobs: int, taken_on: int
+) -> None:
+    settings = Settings(
+        _env_file=None, channel_concurrency=concurrency, channel_jobs_in_flight=jobs
+    )
+    consumers = delivery_consumers(Redis(), settings, worker=None)  # type: ignore[arg-type]
+    assert {consumer.max_workers for consumer in consumers} == {taken_on}
