@@ -135,8 +135,9 @@ class AuthAttempt:
 class _Handler:
     """Accepts mail, except recipients told to bounce (5xx) or defer (4xx), and a held DATA."""
 
-    def __init__(self, mailbox: Mailbox) -> None:
+    def __init__(self, mailbox: Mailbox, *, pipelining: bool) -> None:
         self.mailbox = mailbox
+        self.pipelining = pipelining
         self.hold: threading.Event | None = None
         self.held = threading.Event()
         self.bounce: set[str] = set()
@@ -145,6 +146,14 @@ class _Handler:
         self.sessions: list[SessionFacts] = []
         self.auth_attempts: list[AuthAttempt] = []
         self._upgraded: set[int] = set()  # ids of sessions that ran STARTTLS
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # this hook's duty (aiosmtpd's "new" EHLO hook)
+        if self.pipelining:  # as Postfix, Exchange and most relays do
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     def handle_STARTTLS(self, server: Any, session: Any, envelope: Any) -> bool:  # noqa: N802
         self._upgraded.add(id(session))
@@ -207,7 +216,8 @@ class SmtpServer:
 
     ``tls``: None (plain), ``"starttls"`` (offered and required before MAIL) or
     ``"implicit"`` (TLS from connect). ``credentials``: require AUTH with them
-    (aiosmtpd offers AUTH only over TLS).
+    (aiosmtpd offers AUTH only over TLS). ``pipelining``: offer PIPELINING (RFC 2920);
+    aiosmtpd reads commands one after another either way.
     """
 
     def __init__(
@@ -216,9 +226,10 @@ class SmtpServer:
         tls: Literal["starttls", "implicit"] | None = None,
         credentials: tuple[str, str] | None = None,
         identity: TlsIdentity | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.mailbox = Mailbox()
-        self._handler = _Handler(self.mailbox)
+        self._handler = _Handler(self.mailbox, pipelining=pipelining)
         self.bounce = self._handler.bounce
         self.defer = self._handler.defer
         self.sessions = self._handler.sessions

@@ -1,4 +1,5 @@
-"""Email over SMTP (aiosmtplib): STARTTLS or implicit TLS, AUTH, one attempt per send.
+"""Email over SMTP (aiosmtplib; transactions pipelined where the server offers it):
+STARTTLS or implicit TLS, AUTH, one attempt per send.
 
 Without ``CLARION_SMTP_HOST`` the driver answers :class:`NotConfigured` and the
 pipeline keeps the message in the local outbox. :func:`build_email_channel`

@@ -7,6 +7,9 @@ concurrent sends never share one, and at most ``keep`` idle sessions are kept.
 A send is one mail transaction (MAIL, RCPT, DATA) with the message's bytes as the
 driver wrote them (:mod:`.email_flat`), the envelope and body encoding chosen as
 aiosmtplib's ``send_message`` chooses them, without parsing the addresses once more.
+aiosmtplib opens each session (TLS, EHLO, AUTH); when the server offers PIPELINING,
+the session's transactions go pipelined (:mod:`.smtp_pipelining`): two round trips
+instead of four.
 
 A session that failed in any way is closed, never reused. A session idle for
 longer than ``check_after`` is checked with NOOP before it is reused (servers
@@ -25,9 +28,13 @@ from typing import Final
 import aiosmtplib
 from aiosmtplib.typing import SMTPStatus
 
+from services.dispatcher.channels.smtp_pipelining import PipelinedSession
 from shared.settings import Settings
 
 CHECK_AFTER_SECONDS: Final = 5.0
+
+Session = aiosmtplib.SMTP | PipelinedSession
+"""An open session: aiosmtplib's client, or the pipelining session it became."""
 
 Flatten = Callable[[bool, str], bytes]
 """The message's bytes for a session: (SMTPUTF8 in use, ``8bit`` or ``7bit``) -> bytes."""
@@ -61,7 +68,7 @@ class SmtpSessions:
         self._connect = connect
         self._keep = keep
         self._check_after = check_after
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._idle: list[tuple[Session, float]] = []
 
     async def send(self, sender: str, recipients: Sequence[str], flatten: Flatten) -> None:
         """Send over a kept session or a new one, with the envelope and body encoding
@@ -82,7 +89,7 @@ class SmtpSessions:
         for session, _ in idle:
             await _quit(session)
 
-    async def _take(self) -> aiosmtplib.SMTP:
+    async def _take(self) -> Session:
         while self._idle:
             session, since = self._idle.pop()
             if not session.is_connected:
@@ -95,21 +102,32 @@ class SmtpSessions:
                 await _close(session)
                 continue
             return session
-        return await self._connect()
+        return await self._open()
+
+    async def _open(self) -> Session:
+        client = await self._connect()
+        try:
+            if client.is_ehlo_or_helo_needed:
+                await _greet(client)
+            return PipelinedSession(client) if PipelinedSession.offered(client) else client
+        except BaseException:
+            client.close()
+            raise
 
 
-async def _send(
-    session: aiosmtplib.SMTP, sender: str, recipients: list[str], flatten: Flatten
-) -> None:
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, or HELO from a server that refuses EHLO."""
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _send(session: Session, sender: str, recipients: list[str], flatten: Flatten) -> None:
     """One mail transaction, as aiosmtplib's ``send_message`` makes it, without parsing
     addresses again: the driver checked them (:func:`_check_address`)."""
-    if session.is_ehlo_or_helo_needed:
-        try:
-            await session.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            if not session.is_connected:
-                raise
-            await session.helo()
     for address in (sender, *recipients):
         _check_address(address)
     options: list[bytes] = []
@@ -129,8 +147,12 @@ async def _send(
         options.insert(0, f"size={len(message)}".encode("ascii"))  # CRLF already
     encoding = "utf-8" if utf8 else "ascii"
     try:
-        await _envelope(session, sender, recipients, options, encoding)
-        await session.data(message)
+        if isinstance(session, PipelinedSession):
+            addresses = [recipient.encode(encoding) for recipient in recipients]
+            await session.transaction(sender.encode(encoding), options, addresses, message)
+        else:
+            await _envelope(session, sender, recipients, options, encoding)
+            await session.data(message)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
             await session.rset()  # the next message on this session starts afresh
@@ -165,13 +187,13 @@ def _check_address(address: str) -> None:
         raise ValueError("an address cannot be sent on an SMTP command line")
 
 
-async def _quit(session: aiosmtplib.SMTP) -> None:
+async def _quit(session: Session) -> None:
     try:
         await session.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         await _close(session)
 
 
-async def _close(session: aiosmtplib.SMTP) -> None:
+async def _close(session: Session) -> None:
     if session.is_connected:
         session.close()
