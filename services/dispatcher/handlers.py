@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
@@ -20,6 +20,7 @@ from shared.contracts import (
     IncidentEvent,
     UpdateDue,
 )
+from shared.keyed_locks import KeyedLocks
 from shared.settings import Settings
 from shared.streams import (
     APPROVALS,
@@ -30,14 +31,24 @@ from shared.streams import (
     delivery_stream,
 )
 
+INCIDENTS_AT_ONCE: Final = 16
+"""Incident events a worker fans out at once: one incident's events one after another,
+in the order read, different incidents side by side (a long fan-out to thousands of
+recipients holds up no other incident's first message)."""
+
 
 def build_consumers(
     redis: Redis, settings: Settings, dispatcher: Dispatcher
 ) -> tuple[
     GuardedConsumer[IncidentEvent], GuardedConsumer[UpdateDue], GuardedConsumer[ApprovalEvent]
 ]:
+    incidents = KeyedLocks()
+
     async def on_event(event: IncidentEvent, entry: StreamEntry) -> None:
-        await dispatcher.handle_incident_event(event, entry.delivery_count)
+        # Entries start in the order read and reach this lock before their first await,
+        # so an incident's events take it in that order.
+        async with incidents.hold(event.incident_id):
+            await dispatcher.handle_incident_event(event, entry.delivery_count)
 
     async def on_event_dead(event: IncidentEvent, entry: StreamEntry, error: str) -> None:
         await dispatcher.record_dead(event, entry.delivery_count, error)
@@ -56,7 +67,8 @@ def build_consumers(
         handle=on_event,
         max_deliveries=settings.max_deliveries,
         on_dead=on_event_dead,
-        batch=settings.max_records,  # read in batches, handled one after another, in order
+        max_workers=INCIDENTS_AT_ONCE,
+        batch=max(settings.max_records, INCIDENTS_AT_ONCE),
     )
     dues = GuardedConsumer[UpdateDue](
         redis=redis,

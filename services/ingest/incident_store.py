@@ -34,11 +34,11 @@ from redis.typing import EncodableT, KeyT
 from services.ingest.correlation import correlate
 from services.ingest.incident_change import Correlation, IncidentChangeEvent, promised
 from services.ingest.incident_scripts import ABSENT, CHECK_ONLY, COMMIT_SOURCE, NOT_READ
-from services.ingest.keyed_locks import KeyedLocks
 from services.ingest.snapshot_cache import Snapshot, SnapshotCache
 from shared.clock import Clock
 from shared.contracts import Alert, Incident
 from shared.errors import ClarionError, RetryableFailure
+from shared.keyed_locks import KeyedLocks
 from shared.logs import get_logger
 from shared.plan import Plan
 from shared.redis_batches import CoalescedCalls

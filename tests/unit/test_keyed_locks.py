@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.ingest.keyed_locks import KeyedLocks
+from shared.keyed_locks import KeyedLocks
 
 
 async def test_blocks_on_one_key_run_one_at_a_time_in_arrival_order() -> None:
