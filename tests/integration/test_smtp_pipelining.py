@@ -209,6 +209,17 @@ async def test_replies_split_anywhere_and_multiline_are_paired_in_order() -> Non
     assert holder.data == data_lines(MESSAGE)
 
 
+async def failed_send(
+    script: Script, expected: type[Exception], reply_within: float = 5.0
+) -> tuple[Scripted, Exception]:
+    """One message sent to ``script``'s server, which fails it with ``expected``."""
+    async with scripted(script) as holder:
+        sessions = sessions_for(holder.port, timeout=reply_within)
+        with pytest.raises(expected) as raised:
+            await sessions.send(SENDER, ["ann@example.com"], flat)
+    return holder, raised.value
+
+
 async def test_a_refused_sender_ends_the_transaction_without_the_message() -> None:
     async def refuse_sender(talk: Conversation) -> None:
         await talk.until(b"DATA")
@@ -216,11 +227,8 @@ async def test_a_refused_sender_ends_the_transaction_without_the_message() -> No
         await talk.until(b"RSET")
         await talk.say(b"250 reset")
 
-    async with scripted(refuse_sender) as holder:
-        sessions = sessions_for(holder.port)
-        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
-            await sessions.send(SENDER, ["ann@example.com"], flat)
-    assert isinstance(classify_smtp_error(refused.value), Permanent)
+    holder, refused = await failed_send(refuse_sender, aiosmtplib.SMTPSenderRefused)
+    assert isinstance(classify_smtp_error(refused), Permanent)
     assert holder.data == b""
     assert holder.commands[-1] == b"RSET"
 
@@ -234,11 +242,8 @@ async def test_data_accepted_after_every_recipient_was_refused_is_ended_empty() 
         await talk.until(b"RSET")
         await talk.say(b"250 reset")
 
-    async with scripted(careless) as holder:
-        sessions = sessions_for(holder.port)
-        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
-            await sessions.send(SENDER, ["ann@example.com"], flat)
-    assert isinstance(classify_smtp_error(refused.value), Retryable)
+    holder, refused = await failed_send(careless, aiosmtplib.SMTPRecipientsRefused)
+    assert isinstance(classify_smtp_error(refused), Retryable)
     assert holder.commands[-2:] == [b".", b"RSET"]
     assert b"Subject" not in b"".join(holder.commands)
 
@@ -249,26 +254,18 @@ async def test_a_server_that_hangs_up_mid_transaction_is_retryable() -> None:
         await talk.say(b"250 ok")
         talk.writer.close()
 
-    async with scripted(hang_up) as holder:
-        sessions = sessions_for(holder.port)
-        with pytest.raises(aiosmtplib.SMTPServerDisconnected) as lost:
-            await sessions.send(SENDER, ["ann@example.com"], flat)
-    assert isinstance(classify_smtp_error(lost.value), Retryable)
+    _, lost = await failed_send(hang_up, aiosmtplib.SMTPServerDisconnected)
+    assert isinstance(classify_smtp_error(lost), Retryable)
 
 
 async def test_a_server_that_stops_answering_times_out_and_the_session_is_dropped() -> None:
-    release = asyncio.Event()
-
     async def mute(talk: Conversation) -> None:
         await talk.until(b"DATA")
-        await release.wait()
+        await talk.reader.read()  # nothing said, until the client hangs up
 
-    async with scripted(mute) as holder:
-        sessions = sessions_for(holder.port, timeout=0.2)
-        with pytest.raises(aiosmtplib.SMTPTimeoutError) as late:
-            await sessions.send(SENDER, ["ann@example.com"], flat)
-        release.set()
-    assert isinstance(classify_smtp_error(late.value), Retryable)
+    holder, late = await failed_send(mute, aiosmtplib.SMTPTimeoutError, reply_within=0.2)
+    assert isinstance(classify_smtp_error(late), Retryable)
+    assert holder.talks[0].reader.at_eof()  # the client closed the session
 
 
 async def test_a_garbled_reply_fails_the_send_instead_of_pairing_wrong() -> None:
@@ -276,10 +273,7 @@ async def test_a_garbled_reply_fails_the_send_instead_of_pairing_wrong() -> None
         await talk.until(b"DATA")
         await talk.say(b"hello there", b"250 ok", b"354 go")
 
-    async with scripted(garble) as holder:
-        sessions = sessions_for(holder.port)
-        with pytest.raises(aiosmtplib.SMTPResponseException, match="malformed"):
-            await sessions.send(SENDER, ["ann@example.com"], flat)
+    holder, _ = await failed_send(garble, aiosmtplib.SMTPResponseException)
     assert holder.data == b""
 
 
