@@ -129,16 +129,19 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(
     assert server.connections == 2
 
 
-async def test_a_large_answer_arrives_whole() -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_large_answer_arrives_whole(scheme: str) -> None:
     body = bytes(range(256)) * 8192  # 2 MiB: more than the buffer reads ahead
+    identity = TlsIdentity.create()
 
     async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(response(body))
         await writer.drain()
 
-    async with serving(large) as server, client() as http:
-        answer = await http.get(f"http://127.0.0.1:{server.port}/")
+    tls = identity if scheme == "https" else None
+    async with serving(large, tls=tls) as server, client(verify=identity.client_context()) as http:
+        answer = await http.get(f"{scheme}://localhost:{server.port}/")
     assert answer.content == body
 
 
