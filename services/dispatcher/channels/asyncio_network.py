@@ -168,9 +168,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if transport is None:  # pragma: no cover - the loop closed the connection meanwhile
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        tls = cast(asyncio.Transport, transport)
-        self._connection.transport = tls  # flow control now goes through TLS
-        return AsyncioStream(tls, self._connection)
+        self._connection.transport = transport  # flow control now goes through TLS
+        return AsyncioStream(transport, self._connection)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
