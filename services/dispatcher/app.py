@@ -87,13 +87,16 @@ def retention_policies(settings: Settings) -> dict[str, timedelta]:
     return policies
 
 
-async def _stop_consuming(broker: RedisBroker, batched: Sequence[GuardedConsumer[Any]]) -> None:
+async def _stop_consuming(
+    broker: RedisBroker, batched: Sequence[GuardedConsumer[Any]], worker: DeliveryWorker
+) -> None:
     """Stop reading, then let the work in flight (sends, fan-outs) finish within the
-    grace period."""
+    grace period; jobs still waiting for a send slot are queued again."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GRACEFUL_STOP_SECONDS
     for consumer in batched:
         consumer.close()  # entries read but not started stay pending, for a reclaim
+    worker.stop_sending()
     await stop_broker(broker)
     left = max(deadline - loop.time(), 0.5)
     await asyncio.gather(*(consumer.drain(left) for consumer in batched))
@@ -227,7 +230,7 @@ def create_app(
             finally:
                 stopping.set()
                 await watchdog
-                await _stop_consuming(broker, batched)
+                await _stop_consuming(broker, batched, worker)
                 log.info("dispatcher.stopped", consumer=settings.consumer_name)
 
     app = FastAPI(title="Clarion dispatcher", lifespan=lifespan)

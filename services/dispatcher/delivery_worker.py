@@ -79,6 +79,7 @@ from shared.streams import DISPATCHER_GROUP, delivery_stream
 
 EXPIRED: Final = "the rendered message has expired (older than CLARION_IDEMPOTENCY_RETENTION)"
 INTERRUPTED: Final = "an earlier attempt was interrupted mid-send"
+STOPPED_BEFORE_ITS_TURN: Final = "the dispatcher stopped before its turn to send"
 
 log = get_logger("clarion.dispatcher.worker")
 
@@ -149,6 +150,7 @@ class DeliveryWorker:
         self._send_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(sends_per_channel)
         )
+        self._stopping = False
 
     @property
     def calls(self) -> CoalescedCalls:
@@ -171,6 +173,14 @@ class DeliveryWorker:
                 log.info("delivery.skipped", found=claim.state or "new", attempt=job.attempt)
                 return
             await self._attempt(job, claim, owner, unsubscribed)
+
+    def stop_sending(self) -> None:
+        """Start no send from here on (at shutdown, before the drain): a job waiting for a
+        send slot gives its delivery back, queued again at once and not counted as a try,
+        rather than being cut off mid-wait and later taken for an interrupted send."""
+        self._stopping = True
+        for slots in self._send_slots.values():
+            slots.release()  # wakes a waiter, who hands it on (see _take_send_slot)
 
     async def aclose(self) -> None:
         """Renew no lease any more (at shutdown, once the sends in flight are drained)."""
@@ -214,14 +224,19 @@ class DeliveryWorker:
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
         with self._leases.kept(job.delivery_id, turn.owner):  # renewed while it waits, runs
-            async with self._send_slots[job.channel]:
+            if not await self._take_send_slot(job.channel):
+                await self._defer(job, started, turn, timedelta(0), STOPPED_BEFORE_ITS_TURN)
+                return
+            try:
                 wait = await self._limits.acquire(job.channel, job.recipient)  # sent right after
                 if wait is None:
                     clock_start = time.perf_counter()
                     outcome, note = await self._send(channel, rendering, delivery)
                     latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
+            finally:
+                self._send_slots[job.channel].release()
         if wait is not None:
-            await self._defer(job, started, turn, wait)
+            await self._defer(job, started, turn, wait, f"rate limited on {job.channel}")
             return
         duplicate = claim.interrupted and not (channel is not None and channel.idempotent)
         if claim.interrupted:
@@ -293,10 +308,22 @@ class DeliveryWorker:
         found.add_done_callback(_retrieved)  # unclaimed deliveries never look at it
         return found
 
+    async def _take_send_slot(self, channel: str) -> bool:
+        """Wait for a free send slot on ``channel`` and take it; False (and no slot) once
+        stopping. A plain acquire: :meth:`stop_sending` releases one slot more, and whoever
+        takes a slot after that hands it on, so every waiter wakes."""
+        slots = self._send_slots[channel]
+        await slots.acquire()
+        if self._stopping:
+            slots.release()
+            return False
+        return True
+
     async def _defer(
-        self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta
+        self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta, why: str
     ) -> None:
-        """Over a rate limit: the same attempt, later. Not a failure, not counted."""
+        """Not now (over a rate limit, or the dispatcher stopping): the same attempt,
+        later. Not a failure, not counted."""
         again = job.model_copy(update={"expects": retry_state(job.attempt)})
         due = self._clock.now() + wait
         queued = self._entry(
@@ -304,7 +331,7 @@ class DeliveryWorker:
             DeliveryStatus.QUEUED,
             started,
             max(turn.tries - 1, 1),
-            note=f"rate limited on {job.channel}: sending at {due.isoformat()}",
+            note=f"{why}: sending at {due.isoformat()}",
             next_attempt_at=due,
         )
         await self._finish(
