@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from redis.asyncio import Redis
 
+from services.dispatcher.channels.asyncio_network import direct_transport
 from services.dispatcher.channels.context import DriverContext, http_client
 from services.dispatcher.channels.outcome import NotConfigured, Permanent, Retryable, Sent
 from services.dispatcher.channels.signed_webhook import SignedWebhookChannel, secret_key, sign
@@ -408,6 +409,7 @@ async def tls_receiver(
 
 
 @pytest.mark.parametrize(("certified", "delivered"), [("hooks.test", True), ("other.test", False)])
+@pytest.mark.parametrize("network", ["asyncio", "anyio"])  # the drivers' backend, httpx's own
 async def test_https_is_pinned_and_still_verifies_the_certificate_of_the_name(
     make_settings: Callable[..., Settings],
     redis: Redis,
@@ -415,6 +417,7 @@ async def test_https_is_pinned_and_still_verifies_the_certificate_of_the_name(
     tmp_path: Path,
     certified: str,
     delivered: bool,
+    network: str,
 ) -> None:
     certificate, key = self_signed(certified)
     trust = ssl.create_default_context(cadata=certificate.decode())
@@ -434,7 +437,10 @@ async def test_https_is_pinned_and_still_verifies_the_certificate_of_the_name(
             routes=[{"name": "all", "audiences": ["partners"]}],
         )
         settings = make_settings(webhook_allow_private=True)
-        async with httpx.AsyncClient(verify=trust, follow_redirects=False) as client:
+        transport = direct_transport(httpx.Limits(), verify=trust) if network == "asyncio" else None
+        async with httpx.AsyncClient(
+            verify=trust, transport=transport, follow_redirects=False
+        ) as client:
             ctx = DriverContext(settings, plan, client, redis, ManualClock(T0), {})
             outcome = await SignedWebhookChannel(ctx).send(
                 rendered(ctx), "tls", delivery_for("tls")
