@@ -213,15 +213,34 @@ async def test_a_killed_ingest_worker_is_replaced_and_its_counts_stay(
 
     # A new client: connections the killed worker held are gone with it.
     async with _client() as client:
+        sent = posted
 
         async def newcomer_served() -> bool:
-            nonlocal posted
-            posted += len(await _post_batch(client, url, posted))
+            nonlocal posted, sent
+            answers = await asyncio.gather(
+                *(
+                    client.post(f"{url}/v1/alerts/alertmanager", json=_body(n))
+                    for n in range(sent, sent + BATCH)
+                ),
+                return_exceptions=True,
+            )
+            sent += BATCH
+            # A connection cut while the workers change hands (seen about once in five
+            # runs on a loaded 2-core machine) leaves its alert's fate unknown to us: the
+            # counts below come from the workers' own files, not from these answers.
+            accepted = [a for a in answers if isinstance(a, httpx.Response)]
+            cut = [a for a in answers if isinstance(a, httpx.TransportError)]
+            assert len(accepted) + len(cut) == BATCH, answers
+            assert [a.status_code for a in accepted] == [202] * len(accepted)
+            posted += len(accepted)
             return _accepted_by(metrics_dir, newcomer) > 0
 
         await eventually(newcomer_served, within=30, what="the new worker accepting webhooks")
         # The killed worker's counts are still in the sum.
-        assert await _metrics_total(client, url) == posted
+        counted = sum(_accepted_by(metrics_dir, pid) for pid in workers | survivors)
+        assert _accepted_by(metrics_dir, victim) > 0
+        assert counted >= posted
+        assert await _metrics_total(client, url) == counted
 
 
 async def test_an_ingest_worker_whose_consumers_stopped_exits_1_and_is_replaced(
