@@ -59,6 +59,7 @@ from shared.errors import InProgressElsewhere, PermanentFailure
 from shared.logs import get_logger
 from shared.redis_values import DATA_FIELD, as_text
 from shared.settings import Settings
+from shared.slots import Slots
 from shared.streams import DEAD_LETTERS, last_error_key
 
 T = TypeVar("T")
@@ -183,10 +184,9 @@ class GuardedConsumer(Generic[T]):
     """How a batch's handled entries are acked (XACK by default): a caller that pipelines
     its own calls can send the XACK with them."""
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
-    _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _slots: Slots | None = field(default=None, init=False, repr=False)
     _handled: list[str] = field(default_factory=list, init=False, repr=False)
     _acking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
-    _closing: bool = field(default=False, init=False, repr=False)
 
     async def process(self, body: bytes, entry: StreamEntry) -> None:
         """Run the handler once. Raises only when the entry should stay pending."""
@@ -264,7 +264,7 @@ class GuardedConsumer(Generic[T]):
         """Start handling each of ``entries`` as soon as a slot is free; returns once the
         last has started, or once the consumer closes (those left stay pending)."""
         for body, entry in entries:
-            if not await self._take_slot():
+            if not await self._slots_for().take():
                 return
             task = asyncio.create_task(self._process_and_ack(body, entry))
             self._in_flight.add(task)
@@ -272,13 +272,12 @@ class GuardedConsumer(Generic[T]):
 
     def close(self) -> None:
         """Start no new entry from here on (a batch being started stops at once)."""
-        self._closing = True
-        self._slots_for().release()  # wakes a batch waiting for a slot; it passes it on
+        self._slots_for().close()  # and a batch waiting for a slot wakes
 
     async def drain(self, grace: float) -> None:
         """Start nothing more; give the entries in flight ``grace`` seconds to finish,
         then cancel the rest (they stay pending), and acknowledge what finished."""
-        self._closing = True
+        self._slots_for().close()
         if self._in_flight:
             _, late = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in late:
@@ -288,28 +287,14 @@ class GuardedConsumer(Generic[T]):
         if self._acking is not None:
             await asyncio.gather(self._acking, return_exceptions=True)
 
-    async def _take_slot(self) -> bool:
-        """Wait for a free slot and take it; False (and no slot) once closing.
-
-        Waiting is a plain acquire (no task per entry): :meth:`close` releases one slot
-        more, and whoever takes a slot after closing hands it on, so every waiter wakes."""
-        if self._closing:
-            return False
-        slots = self._slots_for()
-        await slots.acquire()
-        if self._closing:
-            slots.release()
-            return False
-        return True
-
-    def _slots_for(self) -> asyncio.Semaphore:
+    def _slots_for(self) -> Slots:
         if self._slots is None:
-            self._slots = asyncio.Semaphore(max(self.max_workers, 1))
+            self._slots = Slots(self.max_workers)
         return self._slots
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._slots_for().release()
+        self._slots_for().give()
 
     async def _process_and_ack(self, body: bytes, entry: StreamEntry) -> None:
         try:

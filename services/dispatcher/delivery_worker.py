@@ -75,6 +75,7 @@ from shared.logs import bound, get_logger
 from shared.plan import ChannelName
 from shared.redaction import redact_text
 from shared.redis_batches import CoalescedCalls
+from shared.slots import Slots
 from shared.streams import DISPATCHER_GROUP, delivery_stream
 
 EXPIRED: Final = "the rendered message has expired (older than CLARION_IDEMPOTENCY_RETENTION)"
@@ -147,9 +148,7 @@ class DeliveryWorker:
         self._uniform = uniform
         # More jobs are in flight than sends: while some wait on Redis (a claim, a finish),
         # others use the provider connections, whose number stays bounded per channel.
-        self._send_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(sends_per_channel)
-        )
+        self._send_slots: defaultdict[str, Slots] = defaultdict(lambda: Slots(sends_per_channel))
         self._stopping = False
 
     @property
@@ -180,7 +179,7 @@ class DeliveryWorker:
         rather than being cut off mid-wait and later taken for an interrupted send."""
         self._stopping = True
         for slots in self._send_slots.values():
-            slots.release()  # wakes a waiter, who hands it on (see _take_send_slot)
+            slots.close()  # and whoever waits for one wakes
 
     async def aclose(self) -> None:
         """Renew no lease any more (at shutdown, once the sends in flight are drained)."""
@@ -224,7 +223,7 @@ class DeliveryWorker:
         channel = self._channels.get(job.channel)
         delivery = _delivery(job, incident)
         with self._leases.kept(job.delivery_id, turn.owner):  # renewed while it waits, runs
-            if not await self._take_send_slot(job.channel):
+            if self._stopping or not await self._send_slots[job.channel].take():
                 await self._defer(job, started, turn, timedelta(0), STOPPED_BEFORE_ITS_TURN)
                 return
             try:
@@ -234,7 +233,7 @@ class DeliveryWorker:
                     outcome, note = await self._send(channel, rendering, delivery)
                     latency_ms = round((time.perf_counter() - clock_start) * 1000, 1)
             finally:
-                self._send_slots[job.channel].release()
+                self._send_slots[job.channel].give()
         if wait is not None:
             await self._defer(job, started, turn, wait, f"rate limited on {job.channel}")
             return
@@ -307,17 +306,6 @@ class DeliveryWorker:
         found = self._states.calls.command("SISMEMBER", UNSUBSCRIBED_KEY, digest)
         found.add_done_callback(_retrieved)  # unclaimed deliveries never look at it
         return found
-
-    async def _take_send_slot(self, channel: str) -> bool:
-        """Wait for a free send slot on ``channel`` and take it; False (and no slot) once
-        stopping. A plain acquire: :meth:`stop_sending` releases one slot more, and whoever
-        takes a slot after that hands it on, so every waiter wakes."""
-        slots = self._send_slots[channel]
-        await slots.acquire()
-        if self._stopping:
-            slots.release()
-            return False
-        return True
 
     async def _defer(
         self, job: DeliveryJob, started: datetime, turn: _Turn, wait: timedelta, why: str
