@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import alertmanager as am
+from bench import stages
 from bench.bodies import (
     ALERTMANAGER_PATH,
     CLARION_PATH,
@@ -45,7 +46,9 @@ from bench.environment import BenchEnv
 from bench.http_load import Pool
 from bench.latency import DeliveryLogReader, Sent, first_arrivals, open_loop, send_lag_ms
 from bench.report import Figure, ScenarioResult, ms, ratio, summary_ms
+from bench.stages import STAGES
 from shared.contracts import Severity
+from shared.streams import delivery_stream
 from tests.support.plans import CADENCE, write_plan
 
 NAME = "first_message"
@@ -60,9 +63,11 @@ class Options:
     duration: float = 10.0  # seconds of sending per rate
     drain_timeout: float = 180.0
     warmup: int = 40  # incidents sent (and delivered) before measuring: every worker warm
+    round_trips: int = 300  # paced XADDs that calibrate the stages (bench.stages)
 
 
-QUICK = Options(duration=1.0, drain_timeout=60.0, warmup=5)
+QUICK = Options(duration=1.0, drain_timeout=60.0, warmup=5, round_trips=50)
+CALIBRATION_RATE = 50.0
 
 
 def webhook_plan(
@@ -95,7 +100,7 @@ class Phase:
         template = clarion_body(1, LABELS) if clarion else alertmanager_body(1, LABELS)
         self.host, self.port, self.path, self.template = host, port, path, template
         self.pool = Pool(host, port)
-        self.log = DeliveryLogReader(env.redis, "status_page")
+        self.log = DeliveryLogReader(env.redis, ("status_page", "webhook"))
         self.runs = 0
 
     def _key(self, tag: str, sent: Sent) -> str | None:
@@ -109,6 +114,7 @@ class Phase:
         self.runs += 1
         tag = f"{'c' if self.clarion else 'a'}{self.runs}-{int(rate)}-"
         await self.log.skip_to_end()
+        jobs_after = await stages.newest_id(self.env.redis, delivery_stream("webhook"))
         smtp_after, _ = await self.env.sinks.arrivals("smtp", 10**9)
         http_after, _ = await self.env.sinks.arrivals("http", 10**9)
         make = requests(self.host, self.port, self.path, self.template, lambda n: f"{tag}{n}")
@@ -126,7 +132,7 @@ class Phase:
             if self.clarion:
                 await self.log.follow()
             done = all(set(keys) <= set(arrived[c]) for c in channels)
-            if done and (not self.clarion or set(keys) <= set(self.log.sent)):
+            if done and (not self.clarion or set(keys) <= set(self.log.sent["status_page"])):
                 break
             if time.monotonic() > deadline:
                 break
@@ -153,9 +159,30 @@ class Phase:
             ]
             result[channel] = summary_ms(latencies)
         if self.clarion:
-            latencies = [self.log.sent[k] - s.wall for k, s in keys.items() if k in self.log.sent]
-            result["status_page"] = summary_ms(latencies)
+            page = self.log.recorded_at("status_page")
+            result["status_page"] = summary_ms(
+                [page[k] - s.wall for k, s in keys.items() if k in page]
+            )
+            result["webhook_stages"] = await self._stages(keys, arrived["webhook"], jobs_after)
         return result
+
+    async def _stages(
+        self, keys: Mapping[str, Sent], arrived: Mapping[str, float], jobs_after: str
+    ) -> dict[str, Any]:
+        """The webhook's path cut in stages (:mod:`bench.stages`)."""
+        redis = self.env.redis
+        posted = {k: s.wall for k, s in keys.items()}
+        arrived_wall = {
+            k: keys[k].wall + (at - keys[k].at) for k, at in arrived.items() if k in keys
+        }
+        found = stages.paths(
+            posted,
+            await stages.opened_at(redis, keys),
+            await stages.queued_at(redis, "webhook", jobs_after),
+            self.log.started_at("webhook"),
+            arrived_wall,
+        )
+        return stages.breakdown(found)
 
 
 async def _pause() -> None:
@@ -201,7 +228,46 @@ def _figures(runs: list[dict[str, Any]]) -> list[Figure]:
             )
         )
         figures.append(Figure(NAME, f"status page p50 / p99, {at}", _cell(clarion, "status_page")))
+        if path := _path(clarion.get("webhook_stages")):
+            figures.append(Figure(NAME, f"webhook path p50, {at}: {' / '.join(STAGES)}", path))
     return figures
+
+
+def _path(found: dict[str, Any] | None) -> str:
+    """The stages' p50s, as one cell."""
+    if not found or not all(found[stage]["n"] for stage in STAGES):
+        return ""
+    return " / ".join(f"{found[stage]['p50']:.1f}" for stage in STAGES) + " ms"
+
+
+async def _round_trips(env: BenchEnv, rate: float, count: int) -> dict[str, Any]:
+    """Valkey's write round trip at ``rate`` (:func:`bench.stages.write_round_trips`), as
+    configured and, on the embedded Valkey, without fsync."""
+    found: dict[str, Any] = {
+        "as run": summary_ms(await stages.write_round_trips(env.redis, rate, count))
+    }
+    if env.embedded:
+        fsync = str((await env.redis.config_get("appendfsync"))["appendfsync"])
+        await env.redis.config_set("appendfsync", "no")
+        try:
+            found["no fsync"] = summary_ms(await stages.write_round_trips(env.redis, rate, count))
+        finally:
+            await env.redis.config_set("appendfsync", fsync)
+        found["appendfsync"] = fsync
+    return found
+
+
+def _round_trip_figure(found: dict[str, Any], rate: float) -> Figure:
+    fsync = found.get("appendfsync")
+    cells = [
+        f"{name} {ms(found[name]['p50'])} / {ms(found[name]['p99'])}"
+        for name in ("as run", "no fsync")
+        if name in found
+    ]
+    measure = f"Valkey write round trip p50 / p99, paced at {rate:g}/s"
+    if fsync:
+        measure += f" (appendfsync {fsync})"
+    return Figure(NAME, measure, "; ".join(cells))
 
 
 async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioResult:
@@ -229,6 +295,7 @@ async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioR
         )
         for _, phase in phases:
             await phase.run(10, options.warmup, options.drain_timeout)
+        round_trips = await _round_trips(env, CALIBRATION_RATE, options.round_trips)
         for rate in options.rates:
             count = max(1, round(rate * options.duration))
             for target, phase in phases:
@@ -237,7 +304,9 @@ async def run(env: BenchEnv, binary: Path | None, options: Options) -> ScenarioR
                 _print(result)
         for _, phase in phases:
             phase.pool.close()
-    return ScenarioResult(NAME, _figures(runs), {"runs": runs}, asdict(options))
+    figures = [*_figures(runs), _round_trip_figure(round_trips, CALIBRATION_RATE)]
+    data = {"runs": runs, "write_round_trips": round_trips}
+    return ScenarioResult(NAME, figures, data, asdict(options))
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -246,6 +315,8 @@ def _print(result: dict[str, Any]) -> None:
         if channel in result:
             s = result[channel]
             parts.append(f"{channel} p50 {ms(s['p50'])} p99 {ms(s['p99'])} ({s['n']})")
+    if path := _path(result.get("webhook_stages")):
+        parts.append(f"webhook {' / '.join(STAGES)} {path}")
     parts.append(f"send lag {result['send_lag_ms']} ms")
     if result["accepted"] < result["incidents"]:
         parts.append(f"answers {result['statuses']}: {result['refusals'][:1]}")

@@ -78,13 +78,22 @@ def first_arrivals(items: Iterable[list[object]], path: str | None = None) -> di
 
 
 class DeliveryLogReader:
-    """Follows the delivery log: the first ``sent`` record per incident on one channel."""
+    """Follows the delivery log: the first ``sent`` record per incident on each of
+    ``channels``."""
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: Redis, channels: tuple[str, ...]) -> None:
         self._redis = redis
-        self._channel = channel
         self._last = "0"
-        self.sent: dict[str, float] = {}  # incident id -> recorded_at (unix seconds)
+        # channel -> incident id -> its first sent record
+        self.sent: dict[str, dict[str, DeliveryRecorded]] = {c: {} for c in channels}
+
+    def recorded_at(self, channel: str) -> dict[str, float]:
+        """Incident id -> the ``recorded_at`` of its first sent record (unix seconds)."""
+        return {k: r.recorded_at.timestamp() for k, r in self.sent[channel].items()}
+
+    def started_at(self, channel: str) -> dict[str, float]:
+        """Incident id -> the ``started_at`` of its first sent record (unix seconds)."""
+        return {k: r.started_at.timestamp() for k, r in self.sent[channel].items()}
 
     async def skip_to_end(self) -> None:
         newest = await self._redis.xrevrange(DELIVERY_LOG, count=1)
@@ -99,8 +108,11 @@ class DeliveryLogReader:
             for entry_id, payload in entries:
                 self._last = entry_id
                 record = DeliveryRecorded.model_validate_json(payload)
-                if record.channel == self._channel and record.status is DeliveryStatus.SENT:
-                    at = record.recorded_at.timestamp()
-                    self.sent[record.incident_id] = min(at, self.sent.get(record.incident_id, at))
+                sent = self.sent.get(record.channel)
+                if sent is None or record.status is not DeliveryStatus.SENT:
+                    continue
+                first = sent.get(record.incident_id)
+                if first is None or record.recorded_at < first.recorded_at:
+                    sent[record.incident_id] = record
             if len(raw or ()) < 5000:
                 return
