@@ -13,7 +13,12 @@ import httpcore
 import httpx
 import pytest
 
-from services.dispatcher.channels.asyncio_network import AsyncioBackend, direct_transport
+from services.dispatcher.channels.asyncio_network import (
+    READ_BUFFER_LIMIT,
+    AsyncioBackend,
+    _Connection,
+    direct_transport,
+)
 from services.dispatcher.channels.context import http_client
 from shared.settings import Settings
 from tests.support.smtp import TlsIdentity
@@ -210,3 +215,39 @@ async def test_tls_to_a_server_that_never_answers_the_handshake_is_a_connect_tim
     async with serving(mute) as server, client(timeout=0.2) as http:
         with pytest.raises(httpx.ConnectTimeout):
             await http.get(f"https://localhost:{server.port}/")
+
+
+async def test_reading_ahead_stops_at_the_buffer_limit_and_resumes_once_half_is_read() -> None:
+    total = 8 * READ_BUFFER_LIMIT  # far more than the buffer may hold
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"x" * total)
+        await writer.drain()
+
+    async with serving(flood) as server:
+        loop = asyncio.get_running_loop()
+        transport, connection = await loop.create_connection(_Connection, "127.0.0.1", server.port)
+        try:
+
+            async def paused() -> bool:
+                return not transport.is_reading()
+
+            await eventually(paused, what="reading paused while nobody reads")
+            held = len(connection.buffer)
+            assert READ_BUFFER_LIMIT < held < total  # stopped past the limit, not at the end
+
+            received = bytearray()
+            async with asyncio.timeout(10):  # a reader that is never resumed fails, not hangs
+                while not transport.is_reading():
+                    chunk = await connection.read(16 * 1024)
+                    assert chunk, "the stream ended early"
+                    received += chunk
+                assert len(connection.buffer) <= READ_BUFFER_LIMIT // 2  # resumed at half
+
+                while len(received) < total:
+                    chunk = await connection.read(64 * 1024)
+                    assert chunk, "the stream ended early"
+                    received += chunk
+            assert received == b"x" * total  # nothing lost across the pause
+        finally:
+            transport.close()
