@@ -43,6 +43,12 @@ REPO = Path(__file__).resolve().parents[2]
 cli = typer.Typer()
 cli.add_typer(deliveries_app)
 RUN_COMMAND = "from services.delivery_commands import deliveries_app; deliveries_app()"
+# Ctrl-C as a terminal delivers it. A process started from a shell's background job
+# inherits SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt: the
+# follower would not stop, whatever the CLI does (seen when the suite ran in the background).
+RUN_AS_FROM_A_TERMINAL = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + RUN_COMMAND
+)
 
 Hook = Callable[[DeliveryLog], Awaitable[None]]
 
@@ -355,7 +361,7 @@ async def test_follow_in_a_process_misses_nothing_and_stops_on_ctrl_c(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        RUN_COMMAND,
+        RUN_AS_FROM_A_TERMINAL,
         *("--follow", "--json", "--interval", "0.05"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
