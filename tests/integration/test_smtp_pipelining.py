@@ -5,6 +5,7 @@ the whole pipelined group, and then answers the way a test needs."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -280,6 +281,32 @@ async def test_a_garbled_reply_fails_the_send_instead_of_pairing_wrong() -> None
 def test_data_lines_end_every_line_with_crlf_and_double_leading_dots() -> None:
     assert data_lines(b"a\r\n.b\n.\rc") == b"a\r\n..b\r\n..\r\nc\r\n.\r\n"
     assert data_lines(b"ends\r\n") == b"ends\r\n.\r\n"
+
+
+def _line_by_line(message: bytes) -> bytes:
+    """RFC 5321's rules as written: each line ended with CRLF, a leading dot doubled."""
+    lines = re.split(rb"\r\n|\r|\n", message)
+    if len(lines) > 1 and lines[-1] == b"":  # the message ended its last line
+        lines.pop()
+    doubled = (b"." + line if line.startswith(b".") else line for line in lines)
+    return b"".join(line + b"\r\n" for line in doubled) + b".\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b".first line\r\n.\r\n..two dots\r\nlast\r\n",  # CRLF already: the fast path
+        b"\r\n.\r\n.\r\n",
+        b"no dot at all\r\nand no ending",
+        b".",
+        b"",
+        b"mixed\r\n.x\n.y\r.z",
+        b"a bare CR before a CRLF\r\r\n.dot",
+        b"only LF\n.dot\n",
+    ],
+)
+def test_data_lines_follow_the_rules_line_by_line(message: bytes) -> None:
+    assert data_lines(message) == _line_by_line(message)
 
 
 async def test_a_session_not_connected_cannot_be_taken_over() -> None:
