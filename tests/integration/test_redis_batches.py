@@ -10,28 +10,18 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.redis_batches import Call, CoalescedCalls
+from shared.redis_client import connect
 from tests.support.smtp import free_port
 
 pytestmark = pytest.mark.integration
 
 _INCREMENT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-
-
-class CountingRedis(Redis):
-    """A real client that counts the pipelines it opens."""
-
-    pipelines = 0
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
-        self.pipelines += 1
-        return super().pipeline(transaction=transaction, shard_hint=shard_hint)
 
 
 class CountingCalls(CoalescedCalls):
@@ -47,16 +37,15 @@ class CountingCalls(CoalescedCalls):
 
 
 @pytest.fixture
-async def counting(redis_url: str) -> AsyncIterator[CountingRedis]:
-    client = CountingRedis.from_url(redis_url)
-    assert isinstance(client, CountingRedis)
+async def counting(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)  # as the services connect
     await client.flushdb()
     yield client
     await client.aclose()
 
 
-async def test_calls_made_together_share_one_pipeline(counting: CountingRedis) -> None:
-    calls = CoalescedCalls(counting)
+async def test_calls_made_together_share_one_pipeline(counting: Redis) -> None:
+    calls = CountingCalls(counting)
     script = counting.register_script(_INCREMENT)
     await counting.script_load(_INCREMENT)
 
@@ -65,13 +54,13 @@ async def test_calls_made_together_share_one_pipeline(counting: CountingRedis) -
         calls.execute("SET", "flag", "on"),
     )
 
-    assert counting.pipelines == 1
+    assert calls.sizes == [11]
     assert results[:10] == [sum(range(1, n + 1)) for n in range(1, 11)]  # in call order
     assert results[10] is True
     assert await counting.get("counter") == b"55"
 
 
-async def test_calls_one_after_another_go_out_one_by_one(counting: CountingRedis) -> None:
+async def test_calls_one_after_another_go_out_one_by_one(counting: Redis) -> None:
     calls = CountingCalls(counting)
 
     assert await calls.execute("INCR", "n") == 1
@@ -81,7 +70,7 @@ async def test_calls_one_after_another_go_out_one_by_one(counting: CountingRedis
 
 
 async def test_calls_from_tasks_started_this_turn_join_the_pipeline_with_two_turns(
-    counting: CountingRedis,
+    counting: Redis,
 ) -> None:
     calls = CountingCalls(counting, turns=2)
 
@@ -96,7 +85,7 @@ async def test_calls_from_tasks_started_this_turn_join_the_pipeline_with_two_tur
 
 
 async def test_a_burst_beyond_the_batch_size_goes_out_in_several_pipelines(
-    counting: CountingRedis,
+    counting: Redis,
 ) -> None:
     calls = CountingCalls(counting, max_batch=8)
 
@@ -106,7 +95,7 @@ async def test_a_burst_beyond_the_batch_size_goes_out_in_several_pipelines(
     assert calls.sizes == [8, 8, 4]
 
 
-async def test_each_caller_gets_its_own_error(counting: CountingRedis) -> None:
+async def test_each_caller_gets_its_own_error(counting: Redis) -> None:
     calls = CoalescedCalls(counting)
     await counting.set("text", "not a number")
 
@@ -132,7 +121,7 @@ async def test_when_redis_cannot_be_reached_every_caller_is_told() -> None:
     assert len({id(o) for o in outcomes}) == 3  # each caller raises its own instance
 
 
-async def test_a_script_the_server_forgot_is_loaded_and_run(counting: CountingRedis) -> None:
+async def test_a_script_the_server_forgot_is_loaded_and_run(counting: Redis) -> None:
     calls = CoalescedCalls(counting)
     script = counting.register_script(_INCREMENT)
     await counting.script_flush()
@@ -141,7 +130,7 @@ async def test_a_script_the_server_forgot_is_loaded_and_run(counting: CountingRe
     assert await calls.script(script, keys=["counter"], args=[4]) == 7
 
 
-async def test_a_caller_cancelled_before_the_send_sends_nothing(counting: CountingRedis) -> None:
+async def test_a_caller_cancelled_before_the_send_sends_nothing(counting: Redis) -> None:
     calls = CoalescedCalls(counting)
     cancelled = asyncio.ensure_future(calls.execute("SET", "cancelled", "1"))
     kept = asyncio.ensure_future(calls.execute("SET", "kept", "1"))
@@ -150,3 +139,20 @@ async def test_a_caller_cancelled_before_the_send_sends_nothing(counting: Counti
 
     assert await kept is True
     assert await counting.exists("cancelled", "kept") == 1
+
+
+async def test_a_connection_redis_dropped_is_replaced_and_the_calls_go_through(
+    counting: Redis, redis_url: str
+) -> None:
+    calls = CountingCalls(counting)
+    assert await calls.execute("INCR", "n") == 1  # a pooled connection now exists
+    killer = Redis.from_url(redis_url)
+    try:
+        killed = await killer.client_kill_filter(_type="normal", skipme=True)
+    finally:
+        await killer.aclose()
+    assert killed >= 1
+
+    replies = await asyncio.gather(calls.execute("INCR", "n"), calls.execute("GET", "n"))
+
+    assert list(replies) == [2, b"2"]
