@@ -66,6 +66,8 @@ T = TypeVar("T")
 log = get_logger("clarion.consumer")
 
 MAX_LISTED_PROBLEMS: Final = 5  # a described validation error names at most this many
+_DATA_KEY: Final = DATA_FIELD.encode()
+_ENVELOPE: Final = BinaryMessageFormatV1.IDENTITY_HEADER
 
 
 class StreamSettings(StreamSub):
@@ -412,8 +414,16 @@ class GuardedConsumer(Generic[T]):
 
 
 def _body(fields: Mapping[bytes, bytes]) -> bytes:
-    """An entry's message body: FastStream's envelope taken off, or the plain JSON."""
-    body, _headers = BinaryMessageFormatV1.parse(fields.get(DATA_FIELD.encode(), b""))
+    """An entry's message body: FastStream's envelope taken off, or the plain JSON.
+
+    FastStream's parser takes what is not its binary envelope for a legacy JSON one
+    (``{"data": ..., "headers": ...}``) and decodes it twice to find out; plain JSON
+    with no ``"data"`` key in it (a delivery job) is the body as it is, known at once.
+    """
+    payload = fields.get(_DATA_KEY, b"")
+    if not payload.startswith(_ENVELOPE) and b'"data"' not in payload:
+        return payload
+    body, _headers = BinaryMessageFormatV1.parse(payload)
     return body
 
 

@@ -11,6 +11,7 @@ from typing import Any, Final, cast
 
 import pytest
 from faststream.redis import RedisBroker
+from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
 from shared.consumer import GuardedConsumer, StreamEntry
@@ -132,6 +133,26 @@ async def test_every_entry_of_a_batch_is_handled_and_acknowledged(
     await eventually(lambda: _all_handled(handler, 20), what="20 handled")
     assert sorted(handler.handled) == list(range(20))
     assert await eventually(lambda: _none_pending(redis), what="every entry acknowledged")
+
+
+async def test_each_entry_s_body_is_found_whatever_its_shape(redis: Redis, batches: Any) -> None:
+    handler = Handler()
+    await batches(handler)
+    envelope = await BinaryMessageFormatV1.encode(
+        message=json.dumps({"n": 2}).encode(),
+        reply_to=None,
+        headers={"content-type": "application/json"},
+        correlation_id="c-2",
+    )
+    legacy = {"data": json.dumps({"n": 3}), "headers": {"content-type": "application/json"}}
+
+    await redis.xadd(STREAM, {DATA_FIELD: json.dumps({"n": 1})})  # plain JSON
+    await redis.xadd(STREAM, {DATA_FIELD: envelope})  # FastStream's binary envelope
+    await redis.xadd(STREAM, {DATA_FIELD: json.dumps(legacy)})  # its legacy JSON envelope
+    await redis.xadd(STREAM, {DATA_FIELD: json.dumps({"n": 4, "data": {"not": "enveloped"}})})
+
+    await eventually(lambda: _all_handled(handler, 4), what="4 handled")
+    assert sorted(handler.handled) == [1, 2, 3, 4]
 
 
 async def test_handled_entries_go_to_the_given_acknowledgement(redis: Redis, batches: Any) -> None:

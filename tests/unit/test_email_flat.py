@@ -5,15 +5,17 @@ stays one line (a URL in angle brackets) where the library would fold or encode 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 import pytest
 
 from services.dispatcher.channels.email_flat import (
     BodyTemplate,
     FlatEmails,
+    date_header,
     flatten,
     smtp_policy,
 )
@@ -189,3 +191,24 @@ def test_any_body_comes_out_as_the_library_writes_it(
 
     whole = flatten(outgoing.mime(), smtp_policy(utf8, cte_type))
     assert _same_boundary(spliced) == _same_boundary(whole)
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        NOW,
+        NOW.replace(microsecond=999_999),
+        NOW.astimezone(timezone(timedelta(hours=-5))),
+        datetime(2026, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),
+    ],
+)
+def test_the_date_header_is_written_as_the_library_writes_it(date: datetime) -> None:
+    assert date_header(date) == format_datetime(date)
+
+
+def test_one_instant_in_two_zones_is_written_in_each_zone() -> None:
+    paris = NOW.astimezone(timezone(timedelta(hours=1)))
+
+    assert date_header(NOW) == format_datetime(NOW)
+    assert date_header(paris) == format_datetime(paris)  # not the UTC text made first
+    assert date_header(paris) != date_header(NOW)

@@ -26,12 +26,13 @@ import io
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.contentmanager import _encode_text  # type: ignore[attr-defined]
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from aiosmtplib.email import extract_sender
@@ -160,13 +161,23 @@ def _part(text: str, boundary: bytes) -> tuple[bytes, bytes] | None:
     return cte.encode("ascii"), data
 
 
+def date_header(date: datetime) -> str:
+    """``format_datetime(date)``: whole seconds, so written once per second and zone."""
+    return _date_header(date.replace(microsecond=0), date.utcoffset())
+
+
+@lru_cache(maxsize=8)
+def _date_header(date: datetime, offset: timedelta | None) -> str:
+    return format_datetime(date)  # (offset: aware datetimes at one instant hash alike)
+
+
 def _headers(outgoing: OutgoingEmail) -> list[tuple[str, str]]:
     """Every header, in the order :meth:`OutgoingEmail.mime` sets them."""
     return [
         ("From", outgoing.sender),
         ("To", outgoing.recipient),
         ("Subject", outgoing.subject),
-        ("Date", format_datetime(outgoing.date)),
+        ("Date", date_header(outgoing.date)),
         *outgoing.headers,
     ]
 
