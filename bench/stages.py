@@ -1,6 +1,6 @@
 """Where a first message's time goes: one channel's path, cut at the steps Redis records.
 
-For each incident, four moments on the wall clock, all read after the run (nothing is
+For each incident, five moments on the wall clock, all read after the run (nothing is
 added to the services to measure them):
 
 - **posted**: the bench's ``time.time()`` just before the webhook was written;
