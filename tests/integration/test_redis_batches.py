@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from shared.redis_batches import Call, CoalescedCalls
 from shared.redis_client import connect
 from tests.support.smtp import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +157,23 @@ async def test_a_connection_redis_dropped_is_replaced_and_the_calls_go_through(
     replies = await asyncio.gather(calls.execute("INCR", "n"), calls.execute("GET", "n"))
 
     assert list(replies) == [2, b"2"]
+
+
+async def test_a_pipeline_cut_off_while_waiting_leaves_no_reply_for_the_next_caller(
+    counting: Redis,
+) -> None:
+    calls = CoalescedCalls(counting)
+    waiting = calls.command("BLPOP", "nothing-yet", 5)  # the server holds its reply
+
+    async def on_the_wire() -> bool:
+        return bool(calls._sending)
+
+    await eventually(on_the_wire, what="the pipeline sent")
+    for task in list(calls._sending):
+        task.cancel()  # as at shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await counting.rpush("nothing-yet", "late")  # what the BLPOP would now answer
+
+    assert await calls.execute("GET", "absent") is None  # its own reply, not the BLPOP's
+    assert await counting.lrange("nothing-yet", 0, -1) == [b"late"]  # nobody popped it
