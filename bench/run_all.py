@@ -123,7 +123,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Clarion benchmarks ({'quick' if args.quick else 'full'}): {', '.join(chosen)}\n"
         f"machine: {facts['cores']} cores, {facts['cpu_model']}, Python {facts['python']}, "
-        f"load average {facts['load_average']}; ingest and dispatcher: {workers} "
+        f"load average {facts['load_average']}, Python speed {facts['python_speed']} "
+        f"M loops/s; ingest and dispatcher: {workers} "
         "process(es) each",
         flush=True,
     )
@@ -143,7 +144,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     recorded = recorded_figures(directory)  # this run's, and the last of the others
     (directory / "latest.md").write_text(
         f"Machine: {facts['cores']} cores ({facts['cpu_model']}), Python {facts['python']}, "
-        f"{facts['date'][:10]}; ingest and dispatcher {workers} process(es) each. "
+        f"{facts['date'][:10]}, Python speed {facts['python_speed']} M loops/s "
+        f"(`bench.report.python_speed`); ingest and dispatcher {workers} process(es) each. "
         f"Command: `{command.strip()}`.\n\n" + markdown(sorted(recorded, key=_order)) + "\n"
     )
     if binary is None and {"ingest", "first_message"} & set(chosen):
