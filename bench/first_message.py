@@ -44,7 +44,14 @@ from bench.bodies import (
 )
 from bench.environment import BenchEnv
 from bench.http_load import Pool
-from bench.latency import DeliveryLogReader, Sent, first_arrivals, open_loop, send_lag_ms
+from bench.latency import (
+    DeliveryLogReader,
+    Sent,
+    first_arrivals,
+    newest_id,
+    open_loop,
+    send_lag_ms,
+)
 from bench.report import Figure, ScenarioResult, ms, ratio, summary_ms
 from bench.stages import STAGES
 from shared.contracts import Severity
@@ -114,7 +121,7 @@ class Phase:
         self.runs += 1
         tag = f"{'c' if self.clarion else 'a'}{self.runs}-{int(rate)}-"
         await self.log.skip_to_end()
-        jobs_after = await stages.newest_id(self.env.redis, delivery_stream("webhook"))
+        jobs_after = await newest_id(self.env.redis, delivery_stream("webhook"))
         smtp_after, _ = await self.env.sinks.arrivals("smtp", 10**9)
         http_after, _ = await self.env.sinks.arrivals("http", 10**9)
         make = requests(self.host, self.port, self.path, self.template, lambda n: f"{tag}{n}")

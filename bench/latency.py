@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from bench.http_load import Pool
 from shared.contracts import DeliveryRecorded, DeliveryStatus
-from shared.redis_values import data_entries
+from shared.redis_values import as_text, data_entries
 from shared.streams import DELIVERY_LOG
 
 
@@ -77,6 +77,12 @@ def first_arrivals(items: Iterable[list[object]], path: str | None = None) -> di
     return first
 
 
+async def newest_id(redis: Redis, stream: str) -> str:
+    """The id to read ``stream`` after (``0`` when it is empty)."""
+    newest = await redis.xrevrange(stream, count=1)
+    return as_text(newest[0][0]) if newest else "0"
+
+
 class DeliveryLogReader:
     """Follows the delivery log: the first ``sent`` record per incident on each of
     ``channels``."""
@@ -96,10 +102,7 @@ class DeliveryLogReader:
         return {k: r.started_at.timestamp() for k, r in self.sent[channel].items()}
 
     async def skip_to_end(self) -> None:
-        newest = await self._redis.xrevrange(DELIVERY_LOG, count=1)
-        entries = data_entries(newest)
-        if entries:
-            self._last = entries[0][0]
+        self._last = await newest_id(self._redis, DELIVERY_LOG)
 
     async def follow(self) -> None:
         while True:

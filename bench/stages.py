@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from bench.report import summary_ms
 from shared.contracts import DeliveryJob
-from shared.redis_values import as_text, data_entries
+from shared.redis_values import data_entries
 from shared.streams import PREFIX, delivery_stream, incident_key
 
 STAGES: Final = ("ingest", "fan-out", "pick-up", "send")
@@ -68,12 +68,6 @@ def breakdown(paths: Iterable[Moments]) -> dict[str, dict[str, float | int | Non
         for column, seconds in zip(columns, path.stages(), strict=True):
             column.append(seconds)
     return {stage: summary_ms(column) for stage, column in zip(STAGES, columns, strict=True)}
-
-
-async def newest_id(redis: Redis, stream: str) -> str:
-    """The id to read ``stream`` after (``0`` when it is empty)."""
-    newest = await redis.xrevrange(stream, count=1)
-    return as_text(newest[0][0]) if newest else "0"
 
 
 async def queued_at(redis: Redis, channel: str, after: str) -> dict[str, float]:
